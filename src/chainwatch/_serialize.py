@@ -1,0 +1,176 @@
+"""Turn arbitrary framework objects into bounded JSON text, on the writer thread only.
+
+Nothing here imports a framework: messages, documents and nodes are recognised by shape.
+Whatever cannot be converted falls back to its repr; strings are repaired (lone surrogates
+become U+FFFD) and truncated with a visible marker; non-finite floats become strings, so the
+stored text is always valid JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+DEFAULT_MAX_CHARS = 32_000
+_MAX_DEPTH = 24
+_MAX_ITEMS = 2_000
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
+
+
+def repair_text(text: str) -> str:
+    """Return `text` with lone surrogates replaced so it encodes as UTF-8."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def truncate_text(text: str, limit: int) -> str:
+    """Cut `text` to `limit` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…[truncated {len(text) - limit:,} chars]"
+
+
+def _safe_repr(obj: Any, limit: int) -> str:
+    try:
+        text = repr(obj)
+    except Exception as exc:  # a broken __repr__ must not lose the rest of the span
+        text = f"<unrepresentable {type(obj).__name__}: {type(exc).__name__}>"
+    return truncate_text(repair_text(text), limit)
+
+
+class _Converter:
+    __slots__ = ("limit", "seen")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.seen: set[int] = set()
+
+    def convert(self, obj: Any, depth: int = 0) -> Any:
+        if obj is None or obj is True or obj is False:
+            return obj
+        kind = type(obj)
+        if kind is str:
+            return truncate_text(repair_text(obj), self.limit)
+        if kind is int:
+            return obj
+        if kind is float:
+            return obj if math.isfinite(obj) else str(obj)
+        if depth > _MAX_DEPTH:
+            return "<max depth>"
+        if isinstance(obj, (dict, list, tuple, set, frozenset)) or hasattr(obj, "__dict__"):
+            marker = id(obj)
+            if marker in self.seen:
+                return "<cycle>"
+            self.seen.add(marker)
+            try:
+                return self._container(obj, depth)
+            finally:
+                self.seen.discard(marker)
+        return self._scalar(obj)
+
+    def _scalar(self, obj: Any) -> Any:
+        if isinstance(obj, str):
+            return truncate_text(repair_text(str(obj)), self.limit)
+        if isinstance(obj, bool):
+            return bool(obj)
+        if isinstance(obj, int):
+            return int(obj)
+        if isinstance(obj, float):
+            value = float(obj)
+            return value if math.isfinite(value) else str(value)
+        if isinstance(obj, (bytes, bytearray, memoryview)):
+            return f"<{len(obj)} bytes>"
+        if isinstance(obj, enum.Enum):
+            return self.convert(obj.value)
+        if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
+            return obj.isoformat()
+        if isinstance(obj, uuid.UUID):
+            return str(obj)
+        return _safe_repr(obj, self.limit)
+
+    def _container(self, obj: Any, depth: int) -> Any:
+        nxt = depth + 1
+        if isinstance(obj, Mapping):
+            out: dict[str, Any] = {}
+            for i, (key, value) in enumerate(obj.items()):
+                if i >= _MAX_ITEMS:
+                    out["…"] = f"{len(obj) - _MAX_ITEMS} more items"
+                    break
+                name = key if type(key) is str else str(self._scalar(key))
+                out[repair_text(name)] = self.convert(value, nxt)
+            return out
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            items = [self.convert(v, nxt) for v in list(obj)[:_MAX_ITEMS]]
+            if len(obj) > _MAX_ITEMS:
+                items.append(f"…{len(obj) - _MAX_ITEMS} more items")
+            return items
+        shaped = self._shaped(obj, nxt)
+        if shaped is not None:
+            return shaped
+        if isinstance(obj, enum.Enum):
+            return self.convert(obj.value, nxt)
+        return self._scalar(obj)
+
+    def _shaped(self, obj: Any, depth: int) -> Any:
+        """Framework objects recognised by their attributes."""
+        attrs = getattr(obj, "__dict__", None) or {}
+        cls = type(obj).__name__
+        if "content" in attrs and "type" in attrs and "Message" in cls:
+            role = _ROLES.get(attrs["type"], attrs.get("role") or attrs["type"])
+            out = {"role": role, "content": self.convert(attrs["content"], depth)}
+            for extra in ("name", "tool_calls", "tool_call_id"):
+                value = attrs.get(extra)
+                if value:
+                    out[extra] = self.convert(value, depth)
+            return out
+        if "page_content" in attrs:
+            return {
+                "content": self.convert(attrs["page_content"], depth),
+                "metadata": self.convert(attrs.get("metadata") or {}, depth),
+            }
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            fields = {f.name: getattr(obj, f.name, None) for f in dataclasses.fields(obj)}
+            return self.convert(fields, depth)
+        dump = getattr(obj, "model_dump", None)
+        if callable(dump):
+            try:
+                return self.convert(dump(), depth)
+            except Exception:
+                return _safe_repr(obj, self.limit)
+        return None
+
+
+def to_jsonable(obj: Any, limit: int = DEFAULT_MAX_CHARS) -> Any:
+    """Convert `obj` to plain JSON types, never raising."""
+    try:
+        return _Converter(limit).convert(obj)
+    except Exception as exc:
+        return f"<unserialisable {type(obj).__name__}: {type(exc).__name__}>"
+
+
+def to_json(obj: Any, limit: int = DEFAULT_MAX_CHARS) -> str | None:
+    """Bounded JSON text for `obj`; `None` stays SQL NULL.
+
+    When the whole document is still longer than `limit` after cutting long strings, it is
+    replaced by an object that says so and keeps a preview.
+    """
+    if obj is None:
+        return None
+    text = json.dumps(to_jsonable(obj, limit), ensure_ascii=False, allow_nan=False)
+    if len(text) > limit:
+        text = json.dumps(
+            {"_truncated": True, "original_chars": len(text), "preview": text[:limit]},
+            ensure_ascii=False,
+        )
+    return text

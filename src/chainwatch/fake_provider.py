@@ -1,0 +1,795 @@
+"""A fake OpenAI-compatible HTTP server for demos and tests.
+
+The server speaks just enough of the OpenAI REST API (chat completions, legacy completions and
+embeddings, streaming included) for the real ``openai``, ``langchain_openai`` and
+``llama_index`` clients to talk to it. It only ever binds to the loopback interface and never
+opens an outbound connection.
+
+Example::
+
+    with FakeOpenAI() as server:
+        server.queue(Reply(content="Hello there!", prompt_tokens=12, completion_tokens=3))
+        llm = ChatOpenAI(base_url=server.base_url, api_key="sk-fake", model="gpt-4o-mini")
+        llm.invoke("hi").content  # "Hello there!"
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+__all__ = [
+    "FakeOpenAI",
+    "Reply",
+    "count_completion_tokens",
+    "count_prompt_tokens",
+    "demo_responder",
+]
+
+DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_EMBEDDING_DIMENSIONS = 8
+TOKENS_PER_MESSAGE = 4
+
+_ERROR_TYPES = {
+    400: ("invalid_request_error", "invalid_request"),
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "permission_denied"),
+    404: ("not_found_error", "not_found"),
+    408: ("timeout_error", "timeout"),
+    409: ("conflict_error", "conflict"),
+    422: ("invalid_request_error", "unprocessable_entity"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+}
+_PIECE_RE = re.compile(r"\S*\s*")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One scripted answer of the fake provider.
+
+    Attributes:
+        content: Assistant text (``choices[0].message.content`` or ``choices[0].text``).
+        tool_calls: Tool calls to return, each ``{"name": str, "arguments": dict | str}``
+            (an optional ``"id"`` overrides the generated ``call_N``). Setting it makes the
+            default finish reason ``"tool_calls"``. Ignored by legacy completions.
+        prompt_tokens: Reported prompt tokens; ``None`` computes a deterministic count from the
+            request (words plus 4 per chat message).
+        completion_tokens: Reported completion tokens; ``None`` counts the words of the content
+            and of the tool calls.
+        cached_tokens: Reported as ``usage.prompt_tokens_details.cached_tokens``.
+        reasoning_tokens: Reported as ``usage.completion_tokens_details.reasoning_tokens``.
+        finish_reason: Finish reason; defaults to ``"stop"`` (or ``"tool_calls"``).
+        delay_s: Seconds to sleep before answering (before the first chunk when streaming).
+        chunk_delay_s: Seconds to sleep between streamed chunks.
+        status: HTTP status; anything but 200 returns an OpenAI-style error body.
+        error_message: Message of the error body when ``status`` is not 200.
+        retry_after: Value of the ``Retry-After`` header sent with an error response.
+        model: Model name echoed in the response; defaults to the request's model.
+
+    """
+
+    content: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    finish_reason: str | None = None
+    delay_s: float = 0.0
+    chunk_delay_s: float = 0.0
+    status: int = 200
+    error_message: str = "fake provider error"
+    retry_after: float | None = None
+    model: str | None = None
+
+
+Responder = Callable[[dict[str, Any]], Reply]
+
+
+def _text_of(content: Any) -> str:
+    """Return the plain text of a message ``content`` (string or list of content parts)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts: list[str] = []
+        for part in content:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+        return " ".join(parts)
+    return str(content)
+
+
+def _count_words(text: str) -> int:
+    return len(text.split())
+
+
+def _prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, list):
+        return " ".join(p if isinstance(p, str) else json.dumps(p) for p in prompt)
+    return _text_of(prompt)
+
+
+def count_prompt_tokens(body: dict[str, Any]) -> int:
+    """Deterministically count the prompt tokens of a request body.
+
+    Chat requests count the words of every message plus 4 per message; legacy completion
+    requests count the words of the prompt.
+
+    Args:
+        body: The parsed JSON request body.
+
+    Returns:
+        The fake prompt token count.
+
+    """
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        total = 0
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            total += TOKENS_PER_MESSAGE + _count_words(_text_of(message.get("content")))
+            for call in message.get("tool_calls") or []:
+                function = call.get("function", {}) if isinstance(call, dict) else {}
+                total += _count_words(f"{function.get('name', '')} {function.get('arguments', '')}")
+        return total
+    return _count_words(_prompt_text(body.get("prompt")))
+
+
+def _arguments_json(arguments: Any) -> str:
+    if isinstance(arguments, str):
+        return arguments
+    return json.dumps(arguments if arguments is not None else {})
+
+
+def count_completion_tokens(reply: Reply) -> int:
+    """Deterministically count the completion tokens of a reply.
+
+    Args:
+        reply: The reply about to be sent.
+
+    Returns:
+        The number of words of the content and of the tool calls (name and arguments).
+
+    """
+    total = _count_words(reply.content)
+    for call in reply.tool_calls or []:
+        total += _count_words(f"{call.get('name', '')} {_arguments_json(call.get('arguments'))}")
+    return total
+
+
+def _last_user_text(body: dict[str, Any]) -> tuple[str, str]:
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return "user", _prompt_text(body.get("prompt"))
+    last_role = ""
+    for message in reversed(messages):
+        if isinstance(message, dict):
+            last_role = str(message.get("role", ""))
+            break
+    if last_role == "tool":
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") == "tool":
+                return "tool", _text_of(message.get("content"))
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return "user", _text_of(message.get("content"))
+    return "user", ""
+
+
+_CANNED_ANSWERS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (
+        ("capital", "france", "paris"),
+        (
+            "The capital of France is Paris, which has been the country's political and cultural "
+            "centre for centuries."
+        ),
+    ),
+    (
+        ("weather", "rain", "forecast", "temperature"),
+        (
+            "I can't see live weather, but a typical forecast would be mild with a chance of "
+            "light rain later in the day."
+        ),
+    ),
+    (
+        ("langchain", "llamaindex", "llama_index", "llama index", "agent", "chain"),
+        (
+            "LangChain and LlamaIndex both let you compose LLM calls, retrievers and tools into "
+            "pipelines; tracing each step makes latency and cost easy to understand."
+        ),
+    ),
+    (
+        ("cost", "price", "token", "tokens", "budget"),
+        (
+            "Cost is driven by tokens: prompt tokens are usually cheaper than completion tokens, "
+            "and cached prompt tokens cost less still."
+        ),
+    ),
+    (
+        ("sqlite", "database", "sql"),
+        (
+            "SQLite stores the whole database in a single local file, which makes it ideal for "
+            "keeping traces you can query with plain SQL."
+        ),
+    ),
+    (
+        ("summarize", "summarise", "summary", "tl;dr"),
+        (
+            "Summary: the text describes a small system, explains how its parts fit together and "
+            "ends with a few practical recommendations."
+        ),
+    ),
+    (
+        ("joke", "funny"),
+        "Why did the developer go broke? Because they used up all their cache.",
+    ),
+    (
+        ("hello", "hi", "hey", "greetings"),
+        "Hello! I'm a fake model running on your machine. How can I help you today?",
+    ),
+)
+
+
+def demo_responder(body: dict[str, Any]) -> Reply:
+    """Answer a request plausibly and deterministically from its last user message.
+
+    A few topics (capitals, weather, LangChain/LlamaIndex, costs, SQLite, summaries, jokes and
+    greetings) get canned answers; if the conversation ends with a tool result, the answer
+    quotes it; anything else gets a generic echo.
+
+    Args:
+        body: The parsed JSON request body (chat or legacy completion).
+
+    Returns:
+        The reply to send.
+
+    """
+    role, text = _last_user_text(body)
+    if role == "tool":
+        snippet = " ".join(text.split())[:200]
+        return Reply(content=f"Based on the tool result ({snippet}), here is the answer.")
+    words = set(re.findall(r"[a-z_;]+", text.lower()))
+    lowered = text.lower()
+    for keywords, answer in _CANNED_ANSWERS:
+        if any((k in lowered) if " " in k else (k in words) for k in keywords):
+            return Reply(content=answer)
+    snippet = " ".join(text.split())[:120]
+    if not snippet:
+        return Reply(content="I'm a fake model and I didn't receive a question.")
+    return Reply(
+        content=f'You asked: "{snippet}". This deterministic answer comes from the local fake '
+        "provider, so no real model was called."
+    )
+
+
+def _split_pieces(content: str) -> list[str]:
+    return [piece for piece in _PIECE_RE.findall(content) if piece]
+
+
+def _embedding(text: str, dimensions: int) -> list[float]:
+    values: list[float] = []
+    counter = 0
+    while len(values) < dimensions:
+        digest = hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        for offset in range(0, len(digest), 4):
+            (number,) = struct.unpack_from("<I", digest, offset)
+            values.append(number / 0xFFFFFFFF * 2.0 - 1.0)
+        counter += 1
+    values = values[:dimensions]
+    norm = sum(v * v for v in values) ** 0.5 or 1.0
+    return [round(v / norm, 6) for v in values]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    owner: FakeOpenAI
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        return None
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "FakeOpenAI/1.0"
+    sys_version = ""
+    timeout = 60
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+    def do_GET(self) -> None:
+        self._drain_body()
+        self._send_error(404, f"Unknown endpoint: GET {self.path}")
+
+    def do_DELETE(self) -> None:
+        self._drain_body()
+        self._send_error(404, f"Unknown endpoint: DELETE {self.path}")
+
+    def do_POST(self) -> None:
+        raw = self._drain_body()
+        path = self.path.split("?", 1)[0].rstrip("/")
+        try:
+            body = json.loads(raw.decode("utf-8")) if raw else {}
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            self._send_error(400, "Request body is not valid JSON.")
+            return
+        if not isinstance(body, dict):
+            self._send_error(400, "Request body must be a JSON object.")
+            return
+        body["path"] = path
+        owner = self.server.owner
+        owner._record_request(body)
+        try:
+            if path.endswith("/chat/completions"):
+                self._chat(body)
+            elif path.endswith("/completions"):
+                self._legacy(body)
+            elif path.endswith("/embeddings"):
+                self._embeddings(body)
+            else:
+                self._send_error(404, f"Unknown endpoint: POST {path}")
+        except (_ClientGone, ConnectionError, TimeoutError):
+            self.close_connection = True
+
+    def _drain_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _send_json(self, status: int, payload: dict[str, Any], headers: dict[str, str]) -> None:
+        data = json.dumps(payload).encode("utf-8")
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+            self.wfile.flush()
+        except OSError as exc:
+            raise _ClientGone from exc
+
+    def _send_error(self, status: int, message: str, retry_after: float | None = None) -> None:
+        error_type, code = _ERROR_TYPES.get(
+            status, ("server_error", "server_error") if status >= 500 else ("api_error", None)
+        )
+        headers: dict[str, str] = {}
+        if retry_after is not None:
+            headers["Retry-After"] = f"{retry_after:g}"
+        payload = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+        try:
+            self._send_json(status, payload, headers)
+        except _ClientGone:
+            self.close_connection = True
+
+    def _start_stream(self) -> None:
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.flush()
+        except OSError as exc:
+            raise _ClientGone from exc
+
+    def _write_chunk(self, data: bytes) -> None:
+        try:
+            self.wfile.write(f"{len(data):x}\r\n".encode("ascii") + data + b"\r\n")
+            self.wfile.flush()
+        except OSError as exc:
+            raise _ClientGone from exc
+
+    def _stream_events(self, events: Iterator[dict[str, Any]], delay: float) -> None:
+        self._start_stream()
+        for index, event in enumerate(events):
+            if index and delay > 0:
+                time.sleep(delay)
+            self._write_chunk(b"data: " + json.dumps(event).encode("utf-8") + b"\n\n")
+        self._write_chunk(b"data: [DONE]\n\n")
+        try:
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except OSError as exc:
+            raise _ClientGone from exc
+
+    def _reply_for(self, body: dict[str, Any]) -> Reply | None:
+        try:
+            reply = self.server.owner._next_reply(body)
+        except Exception as exc:
+            self._send_error(500, f"responder failed: {exc!r}")
+            return None
+        if reply.delay_s > 0:
+            time.sleep(reply.delay_s)
+        if reply.status != 200:
+            message = reply.error_message
+            self._send_error(reply.status, message, reply.retry_after)
+            return None
+        return reply
+
+    def _chat(self, body: dict[str, Any]) -> None:
+        reply = self._reply_for(body)
+        if reply is None:
+            return
+        owner = self.server.owner
+        model = reply.model or str(body.get("model") or DEFAULT_MODEL)
+        usage = _usage(reply, body)
+        finish = reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
+        tool_calls: list[dict[str, Any]] = [
+            {
+                "id": str(call.get("id") or owner._next_call_id()),
+                "type": "function",
+                "function": {
+                    "name": str(call.get("name", "")),
+                    "arguments": _arguments_json(call.get("arguments")),
+                },
+            }
+            for call in reply.tool_calls or []
+        ]
+        completion_id = owner._next_id("chatcmpl-")
+        created = int(time.time())
+        if not body.get("stream"):
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": reply.content if (reply.content or not tool_calls) else None,
+                "refusal": None,
+            }
+            if tool_calls:
+                message["tool_calls"] = tool_calls
+            payload = {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_fake",
+                "choices": [
+                    {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+                ],
+                "usage": usage,
+            }
+            owner._record_response(payload)
+            self._send_json(200, payload, {})
+            return
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+            event: dict[str, Any] = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_fake",
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": delta,
+                        "logprobs": None,
+                        "finish_reason": finish_reason,
+                    }
+                ],
+            }
+            if include_usage:
+                event["usage"] = None
+            return event
+
+        def events() -> Iterator[dict[str, Any]]:
+            yield chunk({"role": "assistant", "content": "", "refusal": None})
+            for piece in _split_pieces(reply.content):
+                yield chunk({"content": piece})
+            for index, call in enumerate(tool_calls):
+                function = call["function"]
+                yield chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": index,
+                                "id": call["id"],
+                                "type": "function",
+                                "function": {"name": function["name"], "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+                arguments = function["arguments"]
+                step = max(1, (len(arguments) + 1) // 2)
+                for start in range(0, len(arguments), step):
+                    yield chunk(
+                        {
+                            "tool_calls": [
+                                {
+                                    "index": index,
+                                    "function": {"arguments": arguments[start : start + step]},
+                                }
+                            ]
+                        }
+                    )
+            yield chunk({}, finish)
+            if include_usage:
+                yield {
+                    "id": completion_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "system_fingerprint": "fp_fake",
+                    "choices": [],
+                    "usage": usage,
+                }
+
+        owner._record_response({"stream": True, "usage": usage, "content": reply.content})
+        self._stream_events(events(), reply.chunk_delay_s)
+
+    def _legacy(self, body: dict[str, Any]) -> None:
+        reply = self._reply_for(body)
+        if reply is None:
+            return
+        owner = self.server.owner
+        model = reply.model or str(body.get("model") or DEFAULT_MODEL)
+        usage = _usage(reply, body)
+        finish = reply.finish_reason or "stop"
+        completion_id = owner._next_id("cmpl-")
+        created = int(time.time())
+        if not body.get("stream"):
+            payload = {
+                "id": completion_id,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_fake",
+                "choices": [
+                    {"index": 0, "text": reply.content, "logprobs": None, "finish_reason": finish}
+                ],
+                "usage": usage,
+            }
+            owner._record_response(payload)
+            self._send_json(200, payload, {})
+            return
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(text: str, finish_reason: str | None = None) -> dict[str, Any]:
+            event: dict[str, Any] = {
+                "id": completion_id,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_fake",
+                "choices": [
+                    {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+                ],
+            }
+            if include_usage:
+                event["usage"] = None
+            return event
+
+        def events() -> Iterator[dict[str, Any]]:
+            for piece in _split_pieces(reply.content):
+                yield chunk(piece)
+            yield chunk("", finish)
+            if include_usage:
+                yield {
+                    "id": completion_id,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": model,
+                    "system_fingerprint": "fp_fake",
+                    "choices": [],
+                    "usage": usage,
+                }
+
+        owner._record_response({"stream": True, "usage": usage, "content": reply.content})
+        self._stream_events(events(), reply.chunk_delay_s)
+
+    def _embeddings(self, body: dict[str, Any]) -> None:
+        raw_input = body.get("input")
+        if isinstance(raw_input, str) or (
+            isinstance(raw_input, list) and raw_input and isinstance(raw_input[0], int)
+        ):
+            inputs: list[Any] = [raw_input]
+        elif isinstance(raw_input, list):
+            inputs = raw_input
+        else:
+            self._send_error(400, "'input' must be a string or a list.")
+            return
+        dimensions = body.get("dimensions") or DEFAULT_EMBEDDING_DIMENSIONS
+        if not isinstance(dimensions, int) or dimensions < 1:
+            self._send_error(400, "'dimensions' must be a positive integer.")
+            return
+        use_base64 = body.get("encoding_format") == "base64"
+        data: list[dict[str, Any]] = []
+        prompt_tokens = 0
+        for index, item in enumerate(inputs):
+            if isinstance(item, str):
+                text = item
+                prompt_tokens += _count_words(item)
+            else:
+                text = json.dumps(item)
+                prompt_tokens += len(item) if isinstance(item, list) else 1
+            vector = _embedding(text, dimensions)
+            encoded: Any = vector
+            if use_base64:
+                encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        payload = {
+            "object": "list",
+            "data": data,
+            "model": str(body.get("model") or "text-embedding-3-small"),
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        }
+        self.server.owner._record_response(payload)
+        self._send_json(200, payload, {})
+
+
+def _usage(reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
+    prompt = reply.prompt_tokens if reply.prompt_tokens is not None else count_prompt_tokens(body)
+    completion = (
+        reply.completion_tokens
+        if reply.completion_tokens is not None
+        else count_completion_tokens(reply)
+    )
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": reply.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": reply.reasoning_tokens},
+    }
+
+
+class FakeOpenAI:
+    """A fake OpenAI-compatible server on ``127.0.0.1`` with an ephemeral port.
+
+    Replies come, in order of precedence, from the FIFO :meth:`queue`, the ``responder``, the
+    ``default`` reply, and finally :func:`demo_responder`. Embeddings are always answered with
+    deterministic hash-based vectors and do not consume replies.
+
+    Attributes:
+        requests: Every JSON request body received, with a ``"path"`` key added.
+        responses: For each successful non-streaming response, the exact JSON body sent; for
+            each stream, ``{"stream": True, "usage": {...}, "content": "..."}`` (``usage`` is
+            the usage computed for the reply, sent when the client asked for it).
+
+    """
+
+    def __init__(self, responder: Responder | None = None, *, default: Reply | None = None):
+        self.responder = responder
+        self.default = default
+        self.requests: list[dict[str, Any]] = []
+        self.responses: list[dict[str, Any]] = []
+        self._queue: deque[Reply] = deque()
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._ids = 0
+        self._call_ids = 0
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL, ``http://127.0.0.1:PORT/v1``.
+
+        Raises:
+            RuntimeError: If the server is not running.
+
+        """
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def port(self) -> int:
+        """The TCP port the server listens on.
+
+        Raises:
+            RuntimeError: If the server is not running.
+
+        """
+        if self._server is None:
+            raise RuntimeError("FakeOpenAI is not running; call start() first")
+        return int(self._server.server_address[1])
+
+    @property
+    def running(self) -> bool:
+        """Whether the server is currently accepting requests."""
+        return self._server is not None
+
+    def queue(self, *replies: Reply) -> None:
+        """Append replies to the FIFO used before the responder and the default.
+
+        Args:
+            *replies: Replies to hand out, one per chat or completion request.
+
+        """
+        with self._lock:
+            self._queue.extend(replies)
+
+    def start(self) -> FakeOpenAI:
+        """Start serving in a daemon thread; does nothing if already running.
+
+        Returns:
+            This server, for chaining.
+
+        """
+        with self._lock:
+            if self._server is not None:
+                return self
+            server = _Server(("127.0.0.1", 0), _Handler)
+            server.owner = self
+            thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"FakeOpenAI:{server.server_address[1]}",
+                daemon=True,
+            )
+            self._server, self._thread = server, thread
+        thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the listening socket; safe to call more than once."""
+        with self._lock:
+            server, thread = self._server, self._thread
+            self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _next_reply(self, body: dict[str, Any]) -> Reply:
+        with self._lock:
+            if self._queue:
+                return self._queue.popleft()
+        if self.responder is not None:
+            return self.responder(body)
+        if self.default is not None:
+            return self.default
+        return demo_responder(body)
+
+    def _record_request(self, body: dict[str, Any]) -> None:
+        with self._lock:
+            self.requests.append(body)
+
+    def _record_response(self, payload: dict[str, Any]) -> None:
+        with self._lock:
+            self.responses.append(payload)
+
+    def _next_id(self, prefix: str) -> str:
+        with self._lock:
+            self._ids += 1
+            return f"{prefix}fake{self._ids:08d}"
+
+    def _next_call_id(self) -> str:
+        with self._lock:
+            self._call_ids += 1
+            return f"call_{self._call_ids}"

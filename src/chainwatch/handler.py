@@ -1,0 +1,150 @@
+"""`ChainWatchHandler`: the one object a user adds to their framework's callbacks."""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import _errors, pricing
+from .integrations.langchain import LangChainCallbacks
+from .recorder import Recorder
+from .store import database, writer
+from .store.rows import RowSettings
+
+_live: weakref.WeakSet[ChainWatchHandler] = weakref.WeakSet()
+
+
+class HandlerConfig(BaseModel):
+    """Validated handler settings; bad values fail when the handler is built."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    tags: list[str] = Field(default_factory=list)
+    user_id: str | None = None
+    session_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    max_chars: int = Field(default=32_000, ge=100)
+    capture_inputs: bool = True
+    capture_outputs: bool = True
+    queue_size: int = Field(default=100_000, ge=1)
+    max_open_s: float = Field(default=6 * 3600, gt=0)
+
+
+class ChainWatchHandler(LangChainCallbacks):
+    """Records every run of the framework it is attached to as spans in a SQLite file.
+
+    Args:
+        db: database file; default ``$CHAINWATCH_DB`` or ``./chainwatch.db``.
+        tags: tags added to every span.
+        user_id: default user for every trace (a run's ``user_id`` metadata wins).
+        session_id: default session (a run's ``session_id`` / ``thread_id`` metadata wins).
+        metadata: metadata merged into every span's metadata.
+        max_chars: longest stored text of one value (inputs, outputs, errors); longer is cut.
+        capture_inputs: store inputs (off for sensitive prompts).
+        capture_outputs: store outputs.
+        prices: USD prices per million tokens for models genai-prices does not know,
+            e.g. ``{"my-llm": {"input_per_mtok": 0.5, "output_per_mtok": 1.5}}``.
+        queue_size: finished spans waiting for the writer; beyond it spans are dropped
+            and counted, so the app never waits.
+        max_open_s: spans open longer than this are closed as never ended.
+        clock: nanoseconds since the epoch (tests inject a fixed clock).
+
+    Raises:
+        ValueError: on invalid settings, or when the database folder does not exist.
+    """
+
+    def __init__(
+        self,
+        db: str | os.PathLike[str] | None = None,
+        *,
+        tags: list[str] | None = None,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        max_chars: int = 32_000,
+        capture_inputs: bool = True,
+        capture_outputs: bool = True,
+        prices: Mapping[str, Any] | None = None,
+        queue_size: int = 100_000,
+        max_open_s: float = 6 * 3600,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        config = HandlerConfig(
+            tags=list(tags or []),
+            user_id=user_id,
+            session_id=session_id,
+            metadata=dict(metadata or {}),
+            max_chars=max_chars,
+            capture_inputs=capture_inputs,
+            capture_outputs=capture_outputs,
+            queue_size=queue_size,
+            max_open_s=max_open_s,
+        )
+        self.config = config
+        self.db_path = database.resolve_path(db)
+        try:
+            database.connect(self.db_path).conn.close()
+        except FileNotFoundError as exc:
+            raise ValueError(str(exc)) from exc
+        settings = RowSettings(
+            max_chars=config.max_chars,
+            capture_inputs=config.capture_inputs,
+            capture_outputs=config.capture_outputs,
+            prices=pricing.validate_prices(prices),
+        )
+        self._writer = writer.writer_for(self.db_path, queue_size=config.queue_size)
+        kwargs: dict[str, Any] = {"max_open_s": config.max_open_s}
+        if clock is not None:
+            kwargs["clock"] = clock
+        self._rec = Recorder(self._writer.put, self._writer.trace_done, settings, **kwargs)
+        self._tags = config.tags
+        self._metadata = config.metadata or None
+        self._user_id = config.user_id
+        self._session_id = config.session_id
+        self._lock = threading.Lock()
+        _live.add(self)
+
+    @property
+    def recorder(self) -> Recorder:
+        """The framework-neutral recorder behind this handler (manual spans use it)."""
+        return self._rec
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Make everything recorded so far visible in the database.
+
+        Returns:
+            False when `timeout` passed first.
+        """
+        return self._writer.flush(timeout)
+
+    def shutdown(self, timeout: float = 5.0) -> bool:
+        """Flush within `timeout` and stop the writer thread (it restarts on the next span)."""
+        return self._writer.shutdown(timeout)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: spans started, finished, dropped and written; internal errors."""
+        return {
+            "spans_started": self._rec.spans_started,
+            "spans_finished": self._rec.spans_finished,
+            "spans_dropped": self._rec.spans_dropped,
+            "open_spans": self._rec.open_spans,
+            "open_traces": self._rec.open_traces,
+            "writer_written": self._writer.written,
+            "writer_dropped": self._writer.dropped,
+            "writer_errors": self._writer.write_errors,
+            "internal_errors": _errors.total_errors(),
+        }
+
+    def __repr__(self) -> str:
+        return f"ChainWatchHandler(db={str(self.db_path)!r})"
+
+
+def flush_live_handlers(timeout: float | None = 30.0) -> bool:
+    """Flush every writer of this process, so reads see what was recorded."""
+    return writer.flush_all(timeout)

@@ -1,0 +1,390 @@
+"""LangChain callbacks as spans.
+
+LangChain calls these methods on the thread (or event loop) that runs the user's runnable, so
+each body does dict work only and is guarded: a failure inside chainwatch is logged and
+counted, never raised into LangChain. Nothing here imports LangChain; its objects are read by
+shape, which keeps `import chainwatch` free of frameworks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from .. import usage as _usage
+from .._errors import internal_error
+from ..recorder import Recorder
+from ..spans import SpanRecord
+
+FRAMEWORK = "langchain"
+_CHAIN_RUN_TYPES = {"prompt": "prompt", "parser": "parser"}
+_CONTROL_FLOW = frozenset({"GraphBubbleUp"})
+
+
+def _name(serialized: Any, kwargs: dict[str, Any], default: str) -> str:
+    name = kwargs.get("name")
+    if name:
+        return str(name)
+    if serialized:
+        name = serialized.get("name")
+        if name:
+            return str(name)
+        ids = serialized.get("id")
+        if ids:
+            return str(ids[-1])
+    return default
+
+
+def is_control_flow(error: BaseException) -> bool:
+    """LangGraph interrupts and bubbling commands are control flow, not failures."""
+    return any(cls.__name__ in _CONTROL_FLOW for cls in type(error).__mro__)
+
+
+class LangChainCallbacks:
+    """The LangChain half of `ChainWatchHandler` (duck-typed `BaseCallbackHandler`)."""
+
+    # LangChain reads these off every handler.
+    raise_error = False
+    # Thread-safe and cheap, so async runs call it inline instead of in an executor thread.
+    run_inline = True
+    ignore_llm = False
+    ignore_retry = False
+    ignore_chain = False
+    ignore_agent = False
+    ignore_retriever = False
+    ignore_chat_model = False
+    ignore_custom_event = False
+
+    _rec: Recorder
+    _tags: list[str]
+    _metadata: dict[str, Any] | None
+    _user_id: str | None
+    _session_id: str | None
+
+    # -- shared ---------------------------------------------------------------------------------
+
+    def _lc_start(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        name: str,
+        kind: str,
+        inputs: Any,
+        tags: list[str] | None,
+        metadata: dict[str, Any] | None,
+    ) -> SpanRecord:
+        user_id = self._user_id
+        session_id = self._session_id
+        if metadata:
+            user_id = metadata.get("user_id") or user_id
+            session_id = (
+                metadata.get("session_id")
+                or metadata.get("thread_id")
+                or metadata.get("conversation_id")
+                or session_id
+            )
+            if self._metadata:
+                metadata = {**self._metadata, **metadata}
+        else:
+            metadata = self._metadata
+        handler_tags = self._tags
+        if tags:
+            tags = handler_tags + tags if handler_tags else tags
+        else:
+            tags = handler_tags
+        return self._rec.start(
+            str(run_id),
+            str(parent_run_id) if parent_run_id is not None else None,
+            name,
+            kind,
+            FRAMEWORK,
+            inputs,
+            tags=tags,
+            metadata=metadata,
+            user_id=user_id,
+            session_id=session_id,
+        )
+
+    def _lc_error(self, error: BaseException, run_id: UUID) -> None:
+        if is_control_flow(error):
+            span_id = str(run_id)
+            self._rec.event(span_id, "interrupt", {"type": type(error).__name__, "value": error})
+            self._rec.end(span_id)
+        else:
+            self._rec.end(str(run_id), error=error)
+
+    # -- chains, prompts, parsers ---------------------------------------------------------------
+
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any] | None,
+        inputs: Any,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """A chain, prompt or parser run started."""
+        try:
+            kind = _CHAIN_RUN_TYPES.get(kwargs.get("run_type") or "", "chain")
+            name = _name(serialized, kwargs, "chain")
+            self._lc_start(run_id, parent_run_id, name, kind, inputs, tags, metadata)
+        except Exception as exc:
+            internal_error("langchain.on_chain_start", exc)
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        """A chain run finished."""
+        try:
+            self._rec.end(str(run_id), outputs)
+        except Exception as exc:
+            internal_error("langchain.on_chain_end", exc)
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        """A chain run raised (or was interrupted, for LangGraph control flow)."""
+        try:
+            self._lc_error(error, run_id)
+        except Exception as exc:
+            internal_error("langchain.on_chain_error", exc)
+
+    # -- models ---------------------------------------------------------------------------------
+
+    def _lc_model_start(
+        self,
+        serialized: dict[str, Any] | None,
+        inputs: Any,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        tags: list[str] | None,
+        metadata: dict[str, Any] | None,
+        kwargs: dict[str, Any],
+    ) -> None:
+        params = kwargs.get("invocation_params")
+        model, provider = _usage.requested_model(metadata, params)
+        if params:
+            metadata = {**metadata, "invocation_params": params} if metadata else {
+                "invocation_params": params
+            }
+        name = _name(serialized, kwargs, "llm")
+        rec = self._lc_start(run_id, parent_run_id, name, "llm", inputs, tags, metadata)
+        rec.model = model
+        rec.provider = provider
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any] | None,
+        messages: list[list[Any]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """A chat model call started."""
+        try:
+            inputs = messages[0] if len(messages) == 1 else messages
+            self._lc_model_start(
+                serialized, inputs, run_id, parent_run_id, tags, metadata, kwargs
+            )
+        except Exception as exc:
+            internal_error("langchain.on_chat_model_start", exc)
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any] | None,
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """A completion model call started."""
+        try:
+            inputs = prompts[0] if len(prompts) == 1 else prompts
+            self._lc_model_start(
+                serialized, inputs, run_id, parent_run_id, tags, metadata, kwargs
+            )
+        except Exception as exc:
+            internal_error("langchain.on_llm_start", exc)
+
+    def on_llm_new_token(
+        self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any
+    ) -> None:
+        """A streamed chunk arrived: time to first token, and the stream's usage."""
+        try:
+            rec = self._rec.get(str(run_id))
+            if rec is None:
+                return
+            if rec.ttft_ns is None and (
+                token or getattr(getattr(chunk, "message", None), "tool_call_chunks", None)
+            ):
+                now = self._rec.clock()
+                rec.ttft_ns = now - rec.start_ns
+                rec.add_event("first_token", now)
+            if chunk is not None:
+                stream_usage = _usage.chunk_usage(chunk)
+                if stream_usage is not None:
+                    # The last usage chunk wins: providers that repeat running totals must
+                    # not be summed.
+                    rec.extra = rec.extra or {}
+                    rec.extra["stream_usage"] = stream_usage
+        except Exception as exc:
+            internal_error("langchain.on_llm_new_token", exc)
+
+    def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        """A model call finished: usage, model, finish reason, outputs."""
+        try:
+            rec = self._rec.get(str(run_id))
+            if rec is None:
+                return
+            stream_usage = rec.extra.get("stream_usage") if rec.extra else None
+            rec.usage = stream_usage or _usage.llm_result_usage(response)
+            if rec.usage is None:
+                rec.usage_note = "provider returned no token usage"
+            rec.model = _usage.llm_result_model(response) or rec.model
+            rec.finish_reason = _usage.llm_result_finish_reason(response)
+            outputs = [
+                getattr(gen, "message", None) or getattr(gen, "text", None)
+                for group in (getattr(response, "generations", None) or ())
+                for gen in group
+            ]
+            self._rec.end(rec.span_id, outputs[0] if len(outputs) == 1 else outputs)
+        except Exception as exc:
+            internal_error("langchain.on_llm_end", exc)
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        """A model call raised."""
+        try:
+            self._rec.end(str(run_id), error=error)
+        except Exception as exc:
+            internal_error("langchain.on_llm_error", exc)
+
+    def on_stream_event(self, event: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        """Protocol events of `stream_events(version="v3")`; tokens come via on_llm_new_token."""
+
+    # -- retrievers and tools -------------------------------------------------------------------
+
+    def on_retriever_start(
+        self,
+        serialized: dict[str, Any] | None,
+        query: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """A retriever run started."""
+        try:
+            name = _name(serialized, kwargs, "retriever")
+            inputs = {"query": query}
+            self._lc_start(run_id, parent_run_id, name, "retriever", inputs, tags, metadata)
+        except Exception as exc:
+            internal_error("langchain.on_retriever_start", exc)
+
+    def on_retriever_end(self, documents: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        """A retriever returned documents."""
+        try:
+            self._rec.end(str(run_id), documents)
+        except Exception as exc:
+            internal_error("langchain.on_retriever_end", exc)
+
+    def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        """A retriever raised."""
+        try:
+            self._rec.end(str(run_id), error=error)
+        except Exception as exc:
+            internal_error("langchain.on_retriever_error", exc)
+
+    def on_tool_start(
+        self,
+        serialized: dict[str, Any] | None,
+        input_str: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        inputs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """A tool run started."""
+        try:
+            name = _name(serialized, kwargs, "tool")
+            value = inputs if inputs is not None else input_str
+            self._lc_start(run_id, parent_run_id, name, "tool", value, tags, metadata)
+        except Exception as exc:
+            internal_error("langchain.on_tool_start", exc)
+
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        """A tool returned."""
+        try:
+            self._rec.end(str(run_id), output)
+        except Exception as exc:
+            internal_error("langchain.on_tool_end", exc)
+
+    def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        """A tool raised (or interrupted a graph)."""
+        try:
+            self._lc_error(error, run_id)
+        except Exception as exc:
+            internal_error("langchain.on_tool_error", exc)
+
+    # -- events inside runs ---------------------------------------------------------------------
+
+    def on_agent_action(self, action: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        """An agent chose a tool: an `agent_action` event on the agent's run."""
+        try:
+            attributes = {
+                "tool": getattr(action, "tool", None),
+                "tool_input": getattr(action, "tool_input", None),
+                "log": getattr(action, "log", None),
+            }
+            self._rec.event(str(run_id), "agent_action", attributes)
+        except Exception as exc:
+            internal_error("langchain.on_agent_action", exc)
+
+    def on_agent_finish(self, finish: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        """An agent finished: an `agent_finish` event."""
+        try:
+            attributes = {
+                "return_values": getattr(finish, "return_values", None),
+                "log": getattr(finish, "log", None),
+            }
+            self._rec.event(str(run_id), "agent_finish", attributes)
+        except Exception as exc:
+            internal_error("langchain.on_agent_finish", exc)
+
+    def on_retry(self, retry_state: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        """A retry of the run: a `retry` event with the attempt and the error."""
+        try:
+            outcome = getattr(retry_state, "outcome", None)
+            failed = outcome is not None and getattr(outcome, "failed", False)
+            attributes = {
+                "attempt": getattr(retry_state, "attempt_number", None),
+                "error": outcome.exception() if failed and outcome is not None else None,
+            }
+            self._rec.event(str(run_id), "retry", attributes)
+        except Exception as exc:
+            internal_error("langchain.on_retry", exc)
+
+    def on_custom_event(
+        self, name: str, data: Any, *, run_id: UUID, **kwargs: Any
+    ) -> None:
+        """`dispatch_custom_event` from user code: an event with the user's name and data."""
+        try:
+            self._rec.event(str(run_id), str(name), data)
+        except Exception as exc:
+            internal_error("langchain.on_custom_event", exc)
+
+    def on_text(self, text: str, *, run_id: UUID, **kwargs: Any) -> None:
+        """Text a chain printed: a `text` event."""
+        try:
+            self._rec.event(str(run_id), "text", text)
+        except Exception as exc:
+            internal_error("langchain.on_text", exc)

@@ -1,0 +1,192 @@
+"""Framework-neutral span lifecycle: start, end, error, events, trace completion.
+
+Runs on the caller's thread, so it does dict work only (DESIGN.md invariant 1). It relies on
+the GIL for thread safety: each open span is added and popped with single dict operations, so
+concurrent threads and event loops can start and end runs through one recorder.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .spans import SpanKind, SpanRecord, Status
+from .store.rows import RowSettings
+
+_SWEEP_EVERY = 4_096
+_LLM = SpanKind.LLM.value
+
+
+class _Trace:
+    __slots__ = ("span_ids",)
+
+    def __init__(self) -> None:
+        self.span_ids: list[str] = []
+
+
+class Recorder:
+    """Builds `SpanRecord`s and hands finished ones to a sink (the writer).
+
+    Args:
+        put: called with each finished span and the row settings; returns False when dropped.
+        trace_done: called with a trace id when its root span has ended.
+        settings: how spans are written (truncation, capture, prices).
+        clock: nanoseconds since the epoch; injectable for tests.
+        max_open_s: a span open longer than this is closed by the sweep as never ended.
+    """
+
+    def __init__(
+        self,
+        put: Callable[[SpanRecord, RowSettings], bool],
+        trace_done: Callable[[str], None],
+        settings: RowSettings,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+        max_open_s: float = 6 * 3600,
+    ) -> None:
+        self._put = put
+        self._trace_done = trace_done
+        self.settings = settings
+        self.clock = clock
+        self.max_open_ns = int(max_open_s * 1e9)
+        self._open: dict[str, SpanRecord] = {}
+        self._traces: dict[str, _Trace] = {}
+        self._trace_of: dict[str, str] = {}
+        self._starts = 0
+        self.spans_started = 0
+        self.spans_finished = 0
+        self.spans_dropped = 0
+
+    def start(
+        self,
+        span_id: str,
+        parent_id: str | None,
+        name: str,
+        kind: str,
+        framework: str,
+        inputs: Any = None,
+        *,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        start_ns: int | None = None,
+    ) -> SpanRecord:
+        """Open a span. Its trace is the parent's, or a new one rooted at this span."""
+        trace_id = self._trace_of.get(parent_id) if parent_id is not None else None
+        parent = self._open.get(parent_id) if parent_id is not None else None
+        if trace_id is None:
+            trace_id = span_id
+            trace = self._traces[span_id] = _Trace()
+        else:
+            trace = self._traces.get(trace_id) or _Trace()
+        rec = SpanRecord(
+            span_id,
+            trace_id,
+            parent_id,
+            name,
+            kind,
+            framework,
+            start_ns if start_ns is not None else self.clock(),
+            inputs=inputs,
+            tags=tags,
+            metadata=metadata,
+            user_id=user_id,
+            session_id=session_id,
+        )
+        if parent is not None:
+            if user_id is None:
+                rec.user_id = parent.user_id
+            if session_id is None:
+                rec.session_id = parent.session_id
+            if parent.kind == _LLM or not parent.counts_usage:
+                rec.counts_usage = False
+        self._open[span_id] = rec
+        self._trace_of[span_id] = trace_id
+        trace.span_ids.append(span_id)
+        self.spans_started += 1
+        self._starts += 1
+        if self._starts >= _SWEEP_EVERY:
+            self._starts = 0
+            self.sweep()
+        return rec
+
+    def get(self, span_id: str) -> SpanRecord | None:
+        """The open span with this id, if any."""
+        return self._open.get(span_id)
+
+    def end(
+        self,
+        span_id: str,
+        outputs: Any = None,
+        *,
+        error: BaseException | str | None = None,
+        end_ns: int | None = None,
+    ) -> SpanRecord | None:
+        """Close a span (with an error when given) and queue it for writing.
+
+        Returns the finished record, or None when the span was unknown or already ended.
+        """
+        rec = self._open.pop(span_id, None)
+        if rec is None:
+            return None
+        rec.end_ns = end_ns if end_ns is not None else self.clock()
+        if outputs is not None:
+            rec.outputs = outputs
+        if error is not None:
+            rec.status = Status.ERROR.value
+            if isinstance(error, BaseException):
+                rec.extra = rec.extra or {}
+                rec.extra["exception"] = error
+            else:
+                rec.error = error
+        self._emit(rec)
+        return rec
+
+    def _emit(self, rec: SpanRecord) -> None:
+        self.spans_finished += 1
+        if not self._put(rec, self.settings):
+            self.spans_dropped += 1
+        if rec.span_id == rec.trace_id:
+            trace = self._traces.pop(rec.span_id, None)
+            if trace is not None:
+                trace_of = self._trace_of
+                for sid in trace.span_ids:
+                    trace_of.pop(sid, None)
+                    # children still open when their root ends are closed with it
+                    orphan = self._open.pop(sid, None)
+                    if orphan is not None:
+                        orphan.end_ns = rec.end_ns
+                        orphan.status = Status.ERROR.value
+                        orphan.error = "chainwatch: span did not end before its trace's root"
+                        self.spans_finished += 1
+                        if not self._put(orphan, self.settings):
+                            self.spans_dropped += 1
+            self._trace_done(rec.trace_id)
+
+    def event(self, span_id: str, name: str, attributes: Any = None) -> bool:
+        """Attach an event to an open span; False when the span is not open."""
+        rec = self._open.get(span_id)
+        if rec is None:
+            return False
+        rec.add_event(name, self.clock(), attributes)
+        return True
+
+    def sweep(self, now_ns: int | None = None) -> int:
+        """Close spans open longer than `max_open_s`; returns how many were closed."""
+        now = now_ns if now_ns is not None else self.clock()
+        stale = [sid for sid, rec in list(self._open.items()) if now - rec.start_ns > self.max_open_ns]
+        for sid in stale:
+            self.end(sid, error="chainwatch: span never ended", end_ns=now)
+        return len(stale)
+
+    @property
+    def open_spans(self) -> int:
+        """How many spans are open now."""
+        return len(self._open)
+
+    @property
+    def open_traces(self) -> int:
+        """How many traces have not ended yet."""
+        return len(self._traces)

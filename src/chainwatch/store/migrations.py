@@ -1,0 +1,117 @@
+"""The schema, as append-only sqlite-utils migrations. Never edit one that has landed.
+
+The README's schema section is generated from these (`python -m chainwatch.store.schema_doc`),
+so the documentation cannot drift from what a database really holds.
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("chainwatch")
+
+SPAN_COLUMNS: dict[str, type] = {
+    "span_id": str,
+    "trace_id": str,
+    "parent_id": str,
+    "name": str,
+    "kind": str,
+    "framework": str,
+    "start_time": str,
+    "end_time": str,
+    "duration_ms": float,
+    "status": str,
+    "error": str,
+    "model": str,
+    "provider": str,
+    "prompt_tokens": int,
+    "completion_tokens": int,
+    "total_tokens": int,
+    "cached_tokens": int,
+    "reasoning_tokens": int,
+    "cost_usd": float,
+    "ttft_ms": float,
+    "finish_reason": str,
+    "inputs": str,
+    "outputs": str,
+    "tags": str,
+    "metadata": str,
+    "user_id": str,
+    "session_id": str,
+    "usage_note": str,
+    "cost_note": str,
+    "counts_usage": int,
+}
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    """Spans and their events."""
+    db["spans"].create(  # type: ignore[union-attr]
+        SPAN_COLUMNS,
+        pk="span_id",
+        not_null={"trace_id", "name", "kind", "framework", "start_time", "status"},
+        defaults={"counts_usage": 1, "tags": "[]", "metadata": "{}"},
+    )
+    db["spans"].create_index(["trace_id"])  # type: ignore[union-attr]
+    db["spans"].create_index(["start_time"])  # type: ignore[union-attr]
+    db["spans"].create_index(["kind", "end_time"])  # type: ignore[union-attr]
+    db["span_events"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "span_id": str,
+            "trace_id": str,
+            "name": str,
+            "time": str,
+            "attributes": str,
+        },
+        pk="id",
+        not_null={"span_id", "trace_id", "name", "time"},
+    )
+    db["span_events"].create_index(["span_id"])  # type: ignore[union-attr]
+    db["span_events"].create_index(["trace_id"])  # type: ignore[union-attr]
+
+
+@migrations()
+def m002_traces_view(db: Database) -> None:
+    """One row per trace, with totals that count each model call once.
+
+    Token and cost totals sum only spans with `counts_usage = 1`: a model call nested inside
+    another model span (a wrapper, or one call seen by two instrumentation paths) is kept as a
+    span but not counted again.
+    """
+    db.create_view(
+        "traces",
+        """
+        SELECT
+            s.trace_id AS trace_id,
+            r.name AS name,
+            r.kind AS kind,
+            r.framework AS framework,
+            CASE WHEN r.span_id IS NULL THEN 'incomplete' ELSE r.status END AS status,
+            r.error AS error,
+            MIN(s.start_time) AS start_time,
+            MAX(s.end_time) AS end_time,
+            r.duration_ms AS duration_ms,
+            COUNT(*) AS span_count,
+            SUM(s.kind = 'llm') AS llm_calls,
+            SUM(s.status = 'error') AS error_spans,
+            SUM(CASE WHEN s.counts_usage THEN s.prompt_tokens END) AS prompt_tokens,
+            SUM(CASE WHEN s.counts_usage THEN s.completion_tokens END) AS completion_tokens,
+            SUM(CASE WHEN s.counts_usage THEN s.total_tokens END) AS total_tokens,
+            SUM(CASE WHEN s.counts_usage THEN s.cost_usd END) AS cost_usd,
+            SUM(s.kind = 'llm' AND s.counts_usage AND s.cost_usd IS NULL) AS unpriced_calls,
+            r.user_id AS user_id,
+            r.session_id AS session_id,
+            r.tags AS tags
+        FROM spans s
+        LEFT JOIN spans r ON r.span_id = s.trace_id
+        GROUP BY s.trace_id
+        """,
+    )
+
+
+def apply(db: Database) -> None:
+    """Bring `db` up to the newest schema."""
+    migrations.apply(db)

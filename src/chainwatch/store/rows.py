@@ -1,0 +1,134 @@
+"""Finished spans to SQL rows. Runs on the writer thread: JSON, repair, pricing live here."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import pricing
+from .._serialize import DEFAULT_MAX_CHARS, repair_text, to_json, truncate_text
+from ..spans import SpanRecord
+from .migrations import SPAN_COLUMNS
+
+SPAN_INSERT = "INSERT OR REPLACE INTO spans ({}) VALUES ({})".format(
+    ", ".join(SPAN_COLUMNS), ", ".join("?" for _ in SPAN_COLUMNS)
+)
+EVENT_INSERT = (
+    "INSERT INTO span_events (span_id, trace_id, name, time, attributes) VALUES (?, ?, ?, ?, ?)"
+)
+_PRICED_KINDS = frozenset({"llm", "embedding"})
+
+
+@dataclass(frozen=True, slots=True)
+class RowSettings:
+    """How one handler wants its spans written (several handlers may share a writer)."""
+
+    max_chars: int = DEFAULT_MAX_CHARS
+    capture_inputs: bool = True
+    capture_outputs: bool = True
+    prices: pricing.PriceTable = field(default_factory=dict)
+
+
+def iso_time(ns: int) -> str:
+    """ISO 8601 UTC with microseconds, e.g. 2026-11-27T09:20:01.123456+00:00."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1000:06d}+00:00"
+
+
+def _text(value: Any, limit: int) -> str | None:
+    if value is None:
+        return None
+    if type(value) is not str:
+        value = str(value)
+    return truncate_text(repair_text(value), limit)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """`Type: message`, as stored in `spans.error`."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<unprintable message>"
+    name = type(exc).__name__
+    return f"{name}: {message}" if message else name
+
+
+def span_row(rec: SpanRecord, settings: RowSettings) -> tuple[Any, ...]:
+    """The `spans` row of a finished span, in SPAN_COLUMNS order."""
+    limit = settings.max_chars
+    usage = rec.usage
+    prompt = completion = total = cached = reasoning = None
+    if usage is not None:
+        prompt, completion = usage.prompt_tokens, usage.completion_tokens
+        total, cached, reasoning = usage.total_tokens, usage.cached_tokens, usage.reasoning_tokens
+        if total is None and prompt is not None and completion is not None:
+            total = prompt + completion
+    cost = cost_note = None
+    if rec.kind in _PRICED_KINDS and rec.counts_usage:
+        cost, cost_note = pricing.cost_of(usage, rec.model, rec.provider, settings.prices)
+    end_ns = rec.end_ns if rec.end_ns is not None else rec.start_ns
+    error = rec.error
+    if error is None and rec.extra and "exception" in rec.extra:
+        error = describe_exception(rec.extra["exception"])
+    metadata = rec.metadata or {}
+    return (
+        rec.span_id,
+        rec.trace_id,
+        rec.parent_id,
+        _text(rec.name, 500) or "unnamed",
+        rec.kind,
+        rec.framework,
+        iso_time(rec.start_ns),
+        iso_time(end_ns),
+        (end_ns - rec.start_ns) / 1e6,
+        rec.status,
+        _text(error, limit),
+        _text(rec.model, 200),
+        _text(rec.provider, 100),
+        prompt,
+        completion,
+        total,
+        cached,
+        reasoning,
+        cost,
+        rec.ttft_ns / 1e6 if rec.ttft_ns is not None else None,
+        _text(rec.finish_reason, 100),
+        to_json(rec.inputs, limit) if settings.capture_inputs else None,
+        to_json(rec.outputs, limit) if settings.capture_outputs else None,
+        to_json(rec.tags or [], limit),
+        to_json(metadata, limit),
+        _text(rec.user_id, 500),
+        _text(rec.session_id, 500),
+        rec.usage_note,
+        cost_note,
+        1 if rec.counts_usage else 0,
+    )
+
+
+def event_rows(rec: SpanRecord, settings: RowSettings) -> list[tuple[Any, ...]]:
+    """The `span_events` rows of a finished span, including one for its exception."""
+    rows = []
+    for event in rec.events or ():
+        attributes = to_json(event.attributes, settings.max_chars)
+        rows.append((rec.span_id, rec.trace_id, event.name, iso_time(event.time_ns), attributes))
+    exc = rec.extra.get("exception") if rec.extra else None
+    if isinstance(exc, BaseException):
+        stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        attributes = json.dumps(
+            {
+                "type": type(exc).__name__,
+                "message": _text(describe_exception(exc), settings.max_chars),
+                "stacktrace": _text(stack, settings.max_chars),
+            },
+            ensure_ascii=False,
+        )
+        rows.append((rec.span_id, rec.trace_id, "exception", iso_time(end_ns(rec)), attributes))
+    return rows
+
+
+def end_ns(rec: SpanRecord) -> int:
+    """When the span ended (its start when it never did)."""
+    return rec.end_ns if rec.end_ns is not None else rec.start_ns

@@ -1,0 +1,264 @@
+"""The one writer thread per process and database file (DESIGN.md invariants 1, 3, 4, 5).
+
+Callers append finished spans to a bounded deque and return; a full queue drops the span and
+counts it. The writer thread drains the deque in batches, each one `BEGIN IMMEDIATE`
+transaction, and after a batch commits it tells the listeners which traces completed in it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .._errors import internal_error, logger
+from ..spans import SpanRecord
+from . import database, rows
+
+TraceListener = Callable[[str, Path], None]
+
+_BATCH_MAX = 5_000
+_WAKE_AT = 1_000
+_IDLE_S = 0.2
+
+
+class _Token:
+    """A marker in the queue: set once everything queued before it is committed."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class _TraceDone:
+    __slots__ = ("trace_id",)
+
+    def __init__(self, trace_id: str) -> None:
+        self.trace_id = trace_id
+
+
+class Writer:
+    """Owns the queue, the thread and the connection for one database file in this process."""
+
+    def __init__(self, path: Path, *, queue_size: int = 100_000) -> None:
+        if queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        self.path = path
+        self.queue_size = queue_size
+        self.listeners: list[TraceListener] = []
+        self.dropped = 0
+        self.written = 0
+        self.write_errors = 0
+        self._lock = threading.Lock()
+        self._start_fresh()
+        _live.add(self)
+
+    def _start_fresh(self) -> None:
+        self._queue: collections.deque[Any] = collections.deque()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    # -- caller side: dict work only ------------------------------------------------------------
+
+    def put(self, rec: SpanRecord, settings: rows.RowSettings) -> bool:
+        """Queue a finished span; False (and counted) when the queue is full."""
+        queue = self._queue
+        if len(queue) >= self.queue_size:
+            self.dropped += 1
+            return False
+        queue.append((rec, settings))
+        if self._thread is None:
+            self._ensure_thread()
+        if len(queue) >= _WAKE_AT:
+            self._wake.set()
+        return True
+
+    def trace_done(self, trace_id: str) -> None:
+        """Mark a trace complete; listeners hear of it after its spans are committed."""
+        self._queue.append(_TraceDone(trace_id))
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Block until everything queued so far is committed (and listeners called)."""
+        if self._thread is None and not self._queue:
+            return True
+        token = _Token()
+        self._queue.append(token)
+        self._ensure_thread()
+        self._wake.set()
+        return token.done.wait(timeout)
+
+    def shutdown(self, timeout: float = 5.0) -> bool:
+        """Flush within `timeout` and stop the thread. Idempotent."""
+        ok = self.flush(timeout)
+        self._stopping = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._thread = None
+        return ok
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._pid != os.getpid():
+                # After fork() the parent's thread does not exist here; what the parent had
+                # queued is the parent's to write, so the child starts empty.
+                self._start_fresh()
+            if self._thread is None or not self._thread.is_alive():
+                self._stopping = False
+                self._thread = threading.Thread(
+                    target=self._run, name=f"chainwatch-writer:{self.path.name}", daemon=True
+                )
+                self._thread.start()
+
+    # -- writer thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        db = None
+        while db is None:
+            try:
+                db = database.connect(self.path)
+            except Exception as exc:
+                self.write_errors += 1
+                logger.error("chainwatch cannot open %s: %r; retrying", self.path, exc)
+                if self._stopping:
+                    return
+                time.sleep(1.0)
+        conn = db.conn
+        try:
+            while True:
+                self._wake.wait(_IDLE_S)
+                self._wake.clear()
+                while self._queue:
+                    self._drain_once(conn)
+                if self._stopping and not self._queue:
+                    return
+        finally:
+            conn.close()
+
+    def _drain_once(self, conn: sqlite3.Connection) -> None:
+        queue = self._queue
+        spans: list[tuple[Any, ...]] = []
+        events: list[tuple[Any, ...]] = []
+        done: list[str] = []
+        tokens: list[_Token] = []
+        while queue and len(spans) < _BATCH_MAX:
+            item = queue.popleft()
+            if type(item) is tuple:
+                rec, settings = item
+                try:
+                    spans.append(rows.span_row(rec, settings))
+                    if rec.events or rec.extra:
+                        events.extend(rows.event_rows(rec, settings))
+                except Exception as exc:
+                    self._internal("writer.row", exc)
+            elif type(item) is _TraceDone:
+                done.append(item.trace_id)
+            else:
+                tokens.append(item)
+                break
+        if spans or events:
+            self._commit(conn, spans, events)
+        for trace_id in done:
+            for listener in list(self.listeners):
+                try:
+                    listener(trace_id, self.path)
+                except Exception as exc:
+                    self._internal("writer.listener", exc)
+        for token in tokens:
+            token.done.set()
+
+    def _commit(
+        self, conn: sqlite3.Connection, spans: list[tuple[Any, ...]], events: list[tuple[Any, ...]]
+    ) -> None:
+        # One BEGIN IMMEDIATE transaction per batch: the write lock is taken up front, so
+        # other processes wait on the busy timeout instead of failing a lock upgrade.
+        for attempt in range(4):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany(rows.SPAN_INSERT, spans)
+                    if events:
+                        conn.executemany(rows.EVENT_INSERT, events)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                self.written += len(spans)
+                return
+            except sqlite3.OperationalError as exc:
+                if attempt == 3:
+                    self.write_errors += 1
+                    self.dropped += len(spans)
+                    self._internal("writer.commit", exc)
+                    return
+                time.sleep(0.1 * (attempt + 1))
+            except Exception as exc:
+                self.write_errors += 1
+                self.dropped += len(spans)
+                self._internal("writer.commit", exc)
+                return
+
+    @staticmethod
+    def _internal(where: str, exc: BaseException) -> None:
+        try:
+            internal_error(where, exc)
+        except BaseException:
+            # On this thread re-raising would only kill the writer; the count and log suffice.
+            pass
+
+
+_live: weakref.WeakSet[Writer] = weakref.WeakSet()
+_registry: dict[Path, Writer] = {}
+_registry_lock = threading.Lock()
+
+
+def writer_for(path: Path, queue_size: int = 100_000) -> Writer:
+    """The process's writer for `path`, created on first use."""
+    with _registry_lock:
+        writer = _registry.get(path)
+        if writer is None:
+            writer = _registry[path] = Writer(path, queue_size=queue_size)
+        return writer
+
+
+def flush_all(timeout: float | None = 30.0) -> bool:
+    """Flush every live writer of this process."""
+    ok = True
+    for writer in list(_live):
+        ok = writer.flush(timeout) and ok
+    return ok
+
+
+def _shutdown_all(budget_s: float = 5.0) -> None:
+    deadline = time.monotonic() + budget_s
+    for writer in list(_live):
+        remaining = max(0.05, deadline - time.monotonic())
+        try:
+            writer.shutdown(remaining)
+        except Exception:
+            pass
+
+
+def _after_fork_in_child() -> None:
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    for writer in list(_live):
+        writer._lock = threading.Lock()
+        writer._start_fresh()
+
+
+atexit.register(_shutdown_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
