@@ -64,6 +64,7 @@ def traces(
         session_id: the trace's session.
         user_id: the trace's user.
         limit: most rows returned (None for all).
+
     """
     database = queries.open_read(db)
     try:
@@ -88,6 +89,7 @@ def trace(trace_id: str, *, db: str | os.PathLike[str] | None = None) -> Trace:
 
     Raises:
         LookupError: when no span or trace has this id.
+
     """
     database = queries.open_read(db)
     try:

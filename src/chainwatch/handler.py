@@ -56,6 +56,7 @@ class ChainWatchHandler(LangChainCallbacks):
 
     Raises:
         ValueError: on invalid settings, or when the database folder does not exist.
+
     """
 
     def __init__(
@@ -119,6 +120,7 @@ class ChainWatchHandler(LangChainCallbacks):
 
         Returns:
             False when `timeout` passed first.
+
         """
         return self._writer.flush(timeout)
 

@@ -78,6 +78,7 @@ def cost_of(
 
     Returns:
         ``(cost_usd, None)`` when priced, ``(None, reason)`` otherwise.
+
     """
     if usage is None or usage.prompt_tokens is None or usage.completion_tokens is None:
         return None, "no token usage"

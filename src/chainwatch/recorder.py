@@ -34,6 +34,7 @@ class Recorder:
         settings: how spans are written (truncation, capture, prices).
         clock: nanoseconds since the epoch; injectable for tests.
         max_open_s: a span open longer than this is closed by the sweep as never ended.
+
     """
 
     def __init__(
@@ -176,7 +177,8 @@ class Recorder:
     def sweep(self, now_ns: int | None = None) -> int:
         """Close spans open longer than `max_open_s`; returns how many were closed."""
         now = now_ns if now_ns is not None else self.clock()
-        stale = [sid for sid, rec in list(self._open.items()) if now - rec.start_ns > self.max_open_ns]
+        limit = self.max_open_ns
+        stale = [sid for sid, rec in list(self._open.items()) if now - rec.start_ns > limit]
         for sid in stale:
             self.end(sid, error="chainwatch: span never ended", end_ns=now)
         return len(stale)

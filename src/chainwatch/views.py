@@ -168,15 +168,15 @@ class Summary(dict[str, Any]):
     """The seed's summary of model calls in a window (a dict, readable when printed)."""
 
     def __str__(self) -> str:
+        unpriced = f"  ({self['unpriced_calls']} calls unpriced)" if self["unpriced_calls"] else ""
         return "\n".join(
             [
                 f"LLM calls          {self['count']}",
                 f"latency p50/95/99  {_ms(self['latency_p50_ms'])} / "
                 f"{_ms(self['latency_p95_ms'])} / {_ms(self['latency_p99_ms'])}",
                 f"avg tokens         {_num(self['avg_tokens'])}",
-                f"total cost         {_usd(self['total_cost_usd'])}"
-                + (f"  ({self['unpriced_calls']} calls unpriced)" if self["unpriced_calls"] else ""),
-                f"error rate         "
+                f"total cost         {_usd(self['total_cost_usd'])}" + unpriced,
+                "error rate         "
                 + ("-" if self["error_rate"] is None else f"{self['error_rate']:.1%}")
                 + f"  ({self['errors']} errors)",
             ]

@@ -1,0 +1,1 @@
+"""Framework integrations: each turns one framework's events into recorder calls."""

@@ -259,6 +259,9 @@ class LangChainCallbacks:
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         """A model call raised."""
         try:
+            rec = self._rec.get(str(run_id))
+            if rec is not None:
+                rec.usage_note = "call failed before reporting usage"
             self._rec.end(str(run_id), error=error)
         except Exception as exc:
             internal_error("langchain.on_llm_error", exc)

@@ -1,0 +1,1 @@
+"""Storage: migrations, the writer thread and the read queries."""

@@ -101,7 +101,8 @@ def m002_traces_view(db: Database) -> None:
             SUM(CASE WHEN s.counts_usage THEN s.completion_tokens END) AS completion_tokens,
             SUM(CASE WHEN s.counts_usage THEN s.total_tokens END) AS total_tokens,
             SUM(CASE WHEN s.counts_usage THEN s.cost_usd END) AS cost_usd,
-            SUM(s.kind = 'llm' AND s.counts_usage AND s.cost_usd IS NULL) AS unpriced_calls,
+            SUM(s.kind = 'llm' AND s.counts_usage AND s.status = 'ok' AND s.cost_usd IS NULL)
+                AS unpriced_calls,
             r.user_id AS user_id,
             r.session_id AS session_id,
             r.tags AS tags

@@ -21,11 +21,14 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _JSON_COLUMNS = ("inputs", "outputs", "tags", "metadata")
 
 
-def to_iso(value: str | datetime.datetime | float | int | None, *, now_ns: int | None = None) -> str | None:
+def to_iso(
+    value: str | datetime.datetime | float | int | None, *, now_ns: int | None = None
+) -> str | None:
     """A time bound in the stored format: ISO datetime, epoch seconds, or relative ("15m", "2h").
 
     Raises:
         ValueError: when the value cannot be read as a time.
+
     """
     if value is None:
         return None
@@ -127,7 +130,8 @@ def trace_rows(
             SUM(CASE WHEN s.counts_usage THEN s.completion_tokens END) AS completion_tokens,
             SUM(CASE WHEN s.counts_usage THEN s.total_tokens END) AS total_tokens,
             SUM(CASE WHEN s.counts_usage THEN s.cost_usd END) AS cost_usd,
-            SUM(s.kind = 'llm' AND s.counts_usage AND s.cost_usd IS NULL) AS unpriced_calls,
+            SUM(s.kind = 'llm' AND s.counts_usage AND s.status = 'ok' AND s.cost_usd IS NULL)
+                AS unpriced_calls,
             r.user_id, r.session_id, r.tags
         FROM roots r JOIN spans s ON s.trace_id = r.trace_id
         GROUP BY r.trace_id
@@ -137,7 +141,7 @@ def trace_rows(
     names = [d[0] for d in cursor.description]
     out = []
     for values in cursor.fetchall():
-        row = dict(zip(names, values))
+        row = dict(zip(names, values, strict=True))
         row["tags"] = json.loads(row["tags"]) if row["tags"] else []
         out.append(row)
     return out
@@ -159,7 +163,7 @@ def span_rows(db: Any, trace_or_span_id: str) -> list[Span]:
     fields = set(Span.__dataclass_fields__)
     spans = []
     for values in cursor.fetchall():
-        row = _decode(dict(zip(names, values)))
+        row = _decode(dict(zip(names, values, strict=True)))
         row["tags"] = row.get("tags") or []
         row["metadata"] = row.get("metadata") or {}
         spans.append(Span(**{k: v for k, v in row.items() if k in fields}))
@@ -231,7 +235,7 @@ def llm_summary(db: Any, since: str | None, until: str | None = None) -> dict[st
         "avg_tokens": sum(tokens) / len(tokens) if tokens else None,
         "total_tokens": sum(tokens) if tokens else None,
         "total_cost_usd": sum(costs) if costs else None,
-        "unpriced_calls": count - len(costs),
+        "unpriced_calls": sum(1 for r in rows if r[2] is None and r[3] == "ok"),
         "error_rate": len(errors) / count if count else None,
         "errors": len(errors),
         "error_types": by_type,

@@ -69,6 +69,8 @@ def span_row(rec: SpanRecord, settings: RowSettings) -> tuple[Any, ...]:
     cost = cost_note = None
     if rec.kind in _PRICED_KINDS and rec.counts_usage:
         cost, cost_note = pricing.cost_of(usage, rec.model, rec.provider, settings.prices)
+        if cost is None and rec.status != "ok" and usage is None:
+            cost_note = "call failed before reporting usage"
     end_ns = rec.end_ns if rec.end_ns is not None else rec.start_ns
     error = rec.error
     if error is None and rec.extra and "exception" in rec.extra:
