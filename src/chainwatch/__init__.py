@@ -26,9 +26,11 @@ __all__ = [
     "Usage",
     "__version__",
     "flush",
+    "instrument_llama_index",
     "summary",
     "trace",
     "traces",
+    "uninstrument_llama_index",
 ]
 
 
@@ -37,6 +39,28 @@ def flush(timeout: float | None = 30.0) -> bool:
     from .store import writer
 
     return writer.flush_all(timeout)
+
+
+def instrument_llama_index(handler: ChainWatchHandler) -> None:
+    """Record LlamaIndex's instrumentation spans and events through `handler`.
+
+    Registers a span handler and an event handler on LlamaIndex's root dispatcher, once per
+    handler. Works alongside ``CallbackManager([handler])``: a model call seen by both paths
+    is counted once.
+
+    Raises:
+        ImportError: when llama-index-core is not installed (names the pip command).
+    """
+    from .integrations import llama_index_dispatcher
+
+    llama_index_dispatcher.instrument(handler)
+
+
+def uninstrument_llama_index(handler: ChainWatchHandler) -> bool:
+    """Stop recording LlamaIndex's instrumentation through `handler`; False if it was not."""
+    from .integrations import llama_index_dispatcher
+
+    return llama_index_dispatcher.uninstrument(handler)
 
 
 def traces(

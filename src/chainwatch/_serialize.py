@@ -134,6 +134,31 @@ class _Converter:
                 if value:
                     out[extra] = self.convert(value, depth)
             return out
+        if "node" in attrs and "score" in attrs:
+            node = attrs["node"]
+            return {
+                "id": getattr(node, "node_id", None),
+                "score": self.convert(attrs["score"], depth),
+                "text": self.convert(_node_text(node), depth),
+                "metadata": self.convert(getattr(node, "metadata", None) or {}, depth),
+            }
+        if "id_" in attrs and "embedding" in attrs:
+            return {
+                "id": attrs["id_"],
+                "text": self.convert(_node_text(obj), depth),
+                "metadata": self.convert(attrs.get("metadata") or {}, depth),
+            }
+        if "role" in attrs and "blocks" in attrs:
+            role = attrs["role"]
+            return {
+                "role": getattr(role, "value", role),
+                "content": self.convert(getattr(obj, "content", None), depth),
+            }
+        if cls in ("ChatResponse", "CompletionResponse"):
+            out = {"message": self.convert(attrs.get("message") or attrs.get("text"), depth)}
+            if attrs.get("additional_kwargs"):
+                out["additional_kwargs"] = self.convert(attrs["additional_kwargs"], depth)
+            return out
         if "page_content" in attrs:
             return {
                 "content": self.convert(attrs["page_content"], depth),
@@ -149,6 +174,16 @@ class _Converter:
             except Exception:
                 return _safe_repr(obj, self.limit)
         return None
+
+
+def _node_text(node: Any) -> Any:
+    getter = getattr(node, "get_content", None)
+    if callable(getter):
+        try:
+            return getter()
+        except Exception:
+            return getattr(node, "text", None)
+    return getattr(node, "text", None)
 
 
 def to_jsonable(obj: Any, limit: int = DEFAULT_MAX_CHARS) -> Any:

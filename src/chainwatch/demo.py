@@ -97,6 +97,7 @@ def run_demo(db: Path, *, quiet: bool = False) -> dict[str, Any]:
     from langchain_core.tools import tool
     from langchain_openai import ChatOpenAI
     from langgraph.prebuilt import create_react_agent
+    from pydantic import SecretStr
 
     import chainwatch
 
@@ -125,8 +126,9 @@ def run_demo(db: Path, *, quiet: bool = False) -> dict[str, Any]:
 
     handler = chainwatch.ChainWatchHandler(db, tags=["demo"], session_id="demo-session")
     with FakeOpenAI(_responder) as server:
+        key = SecretStr("sk-demo")
         model = ChatOpenAI(
-            model="gpt-4o-mini", base_url=server.base_url, api_key="sk-demo", max_retries=0,
+            model="gpt-4o-mini", base_url=server.base_url, api_key=key, max_retries=0,
             stream_usage=True,
         )
         prompt = ChatPromptTemplate.from_messages(
@@ -148,7 +150,7 @@ def run_demo(db: Path, *, quiet: bool = False) -> dict[str, Any]:
             | model
             | StrOutputParser()
         ).with_config(run_name="rag_answer")
-        config: dict[str, Any] = {"callbacks": [handler], "metadata": {"user_id": "demo-user"}}
+        config: Any = {"callbacks": [handler], "metadata": {"user_id": "demo-user"}}
 
         rag.invoke("Is SQLite a good place to keep traces?", config=config)
         counted = rag | RunnableLambda(lambda answer: word_count.invoke({"text": answer}))
@@ -159,7 +161,7 @@ def run_demo(db: Path, *, quiet: bool = False) -> dict[str, Any]:
 
         agent = create_react_agent(
             ChatOpenAI(
-                model="gpt-4o", base_url=server.base_url, api_key="sk-demo", max_retries=0
+                model="gpt-4o", base_url=server.base_url, api_key=key, max_retries=0
             ),
             [get_weather],
         )

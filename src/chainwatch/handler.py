@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import _errors, pricing
 from .integrations.langchain import LangChainCallbacks
+from .integrations.llama_index import LlamaIndexCallbacks
 from .recorder import Recorder
 from .store import database, writer
 from .store.rows import RowSettings
@@ -35,8 +36,12 @@ class HandlerConfig(BaseModel):
     max_open_s: float = Field(default=6 * 3600, gt=0)
 
 
-class ChainWatchHandler(LangChainCallbacks):
+class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
     """Records every run of the framework it is attached to as spans in a SQLite file.
+
+    The same object works as a LangChain callback handler and as a LlamaIndex
+    `CallbackManager` handler; `chainwatch.instrument_llama_index(handler)` adds LlamaIndex's
+    instrumentation (dispatcher) path.
 
     Args:
         db: database file; default ``$CHAINWATCH_DB`` or ``./chainwatch.db``.

@@ -113,6 +113,10 @@ class Recorder:
             self.sweep()
         return rec
 
+    def trace_of(self, span_id: str) -> str | None:
+        """The trace of a span whose trace has not ended (open or finished span)."""
+        return self._trace_of.get(span_id)
+
     def get(self, span_id: str) -> SpanRecord | None:
         """The open span with this id, if any."""
         return self._open.get(span_id)

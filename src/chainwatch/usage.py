@@ -160,3 +160,31 @@ def requested_model(
         model = model or invocation_params.get("model") or invocation_params.get("model_name")
         provider = provider or invocation_params.get("_type")
     return (str(model) if model else None, str(provider) if provider else None)
+
+
+def response_usage(response: Any) -> Usage | None:
+    """Usage of a LlamaIndex `ChatResponse` / `CompletionResponse`: `raw` usage first."""
+    raw = getattr(response, "raw", None)
+    usage = from_provider_usage(_get(raw, "usage"), "raw")
+    if usage is not None:
+        return usage
+    extra = getattr(response, "additional_kwargs", None)
+    return from_provider_usage(extra, "additional_kwargs") if extra else None
+
+
+def response_model(response: Any) -> str | None:
+    """Model a LlamaIndex response's provider answered with."""
+    model = _get(getattr(response, "raw", None), "model")
+    return str(model) if model else None
+
+
+def response_finish_reason(response: Any) -> str | None:
+    """Finish reason of a LlamaIndex response (OpenAI `choices`, Anthropic `stop_reason`)."""
+    raw = getattr(response, "raw", None)
+    choices = _get(raw, "choices")
+    if choices:
+        reason = _get(choices[0], "finish_reason")
+        if reason:
+            return str(reason)
+    reason = _get(raw, "stop_reason") or _get(raw, "finish_reason")
+    return str(reason) if reason else None

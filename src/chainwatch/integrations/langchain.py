@@ -15,6 +15,7 @@ from .. import usage as _usage
 from .._errors import internal_error
 from ..recorder import Recorder
 from ..spans import SpanRecord
+from . import llama_index as _li
 
 FRAMEWORK = "langchain"
 _CHAIN_RUN_TYPES = {"prompt": "prompt", "parser": "parser"}
@@ -92,9 +93,14 @@ class LangChainCallbacks:
             tags = handler_tags + tags if handler_tags else tags
         else:
             tags = handler_tags
+        if parent_run_id is not None:
+            parent: str | None = str(parent_run_id)
+        else:
+            # A LangChain root inside a LlamaIndex span (a query engine's tool, say) nests there.
+            parent = _li.llama_index_parent(self._rec)
         return self._rec.start(
             str(run_id),
-            str(parent_run_id) if parent_run_id is not None else None,
+            parent,
             name,
             kind,
             FRAMEWORK,
