@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import _errors, pricing
+from . import hooks as _hooks
 from .integrations.langchain import LangChainCallbacks
 from .integrations.llama_index import LlamaIndexCallbacks
 from .recorder import Recorder
@@ -54,6 +55,8 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
         capture_outputs: store outputs.
         prices: USD prices per million tokens for models genai-prices does not know,
             e.g. ``{"my-llm": {"input_per_mtok": 0.5, "output_per_mtok": 1.5}}``.
+        hooks: post-run hooks, each called as ``hook(trace, store)`` on the hook thread after
+            a trace's spans are committed. Default: quality analysis; ``[]`` runs none.
         queue_size: finished spans waiting for the writer; beyond it spans are dropped
             and counted, so the app never waits.
         max_open_s: spans open longer than this are closed as never ended.
@@ -76,6 +79,7 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
         capture_inputs: bool = True,
         capture_outputs: bool = True,
         prices: Mapping[str, Any] | None = None,
+        hooks: Sequence[Callable[..., Any]] | None = None,
         queue_size: int = 100_000,
         max_open_s: float = 6 * 3600,
         clock: Callable[[], int] | None = None,
@@ -107,7 +111,21 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
         kwargs: dict[str, Any] = {"max_open_s": config.max_open_s}
         if clock is not None:
             kwargs["clock"] = clock
-        self._rec = Recorder(self._writer.put, self._writer.trace_done, settings, **kwargs)
+        if hooks is None:
+            from .quality import QualityHook
+
+            hooks = [QualityHook()]
+        for hook in hooks:
+            if not callable(hook):
+                raise ValueError(f"hooks must be callables taking (trace, store), got {hook!r}")
+        self.hooks: tuple[Callable[..., Any], ...] = tuple(hooks)
+        listener = _hooks.trace_listener(self.hooks, self.db_path) if self.hooks else None
+        writer_ = self._writer
+
+        def trace_done(trace_id: str) -> None:
+            writer_.trace_done(trace_id, listener)
+
+        self._rec = Recorder(self._writer.put, trace_done, settings, **kwargs)
         self._tags = config.tags
         self._metadata = config.metadata or None
         self._user_id = config.user_id
@@ -121,13 +139,13 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
         return self._rec
 
     def flush(self, timeout: float | None = 30.0) -> bool:
-        """Make everything recorded so far visible in the database.
+        """Make everything recorded so far visible in the database, hook results included.
 
         Returns:
             False when `timeout` passed first.
-
         """
-        return self._writer.flush(timeout)
+        ok = self._writer.flush(timeout)
+        return _hooks.runner.flush(timeout) and ok
 
     def shutdown(self, timeout: float = 5.0) -> bool:
         """Flush within `timeout` and stop the writer thread (it restarts on the next span)."""

@@ -136,3 +136,4 @@ class Span:
     session_id: str | None
     usage_note: str | None = None
     cost_note: str | None = None
+    counts_usage: int = 1

@@ -116,3 +116,74 @@ def m002_traces_view(db: Database) -> None:
 def apply(db: Database) -> None:
     """Bring `db` up to the newest schema."""
     migrations.apply(db)
+
+
+@migrations()
+def m003_hooks_quality_feedback(db: Database) -> None:
+    """Post-run hook runs, per-answer quality, judge scores and user feedback."""
+    db["hook_runs"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "hook": str,
+            "trace_id": str,
+            "status": str,
+            "started_at": str,
+            "duration_ms": float,
+            "error": str,
+        },
+        pk="id",
+        not_null={"hook", "trace_id", "status", "started_at"},
+    )
+    db["hook_runs"].create_index(["trace_id"])  # type: ignore[union-attr]
+    db["quality"].create(  # type: ignore[union-attr]
+        {
+            "span_id": str,
+            "trace_id": str,
+            "has_refusal": int,
+            "refusal_kind": str,
+            "refusal_evidence": str,
+            "has_hedging": int,
+            "hedging_evidence": str,
+            "sentiment_score": float,
+            "response_length": int,
+            "groundedness": float,
+            "unsupported_sentences": str,
+            "analyzed_at": str,
+            "analyzer_version": str,
+        },
+        pk="span_id",
+        not_null={"trace_id", "has_refusal", "has_hedging", "response_length", "analyzed_at"},
+    )
+    db["quality"].create_index(["trace_id"])  # type: ignore[union-attr]
+    db["quality"].create_index(["analyzed_at"])  # type: ignore[union-attr]
+    db["judgements"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "span_id": str,
+            "trace_id": str,
+            "criterion": str,
+            "score": float,
+            "reason": str,
+            "raw": str,
+            "judge_model": str,
+            "judge_trace_id": str,
+            "created_at": str,
+        },
+        pk="id",
+        not_null={"span_id", "trace_id", "criterion", "created_at"},
+    )
+    db["judgements"].create_index(["trace_id"])  # type: ignore[union-attr]
+    db["feedback"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "trace_id": str,
+            "span_id": str,
+            "score": float,
+            "comment": str,
+            "source": str,
+            "created_at": str,
+        },
+        pk="id",
+        not_null={"trace_id", "score", "source", "created_at"},
+    )
+    db["feedback"].create_index(["trace_id"])  # type: ignore[union-attr]

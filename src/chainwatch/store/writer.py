@@ -22,7 +22,7 @@ from .._errors import internal_error, logger
 from ..spans import SpanRecord
 from . import database, rows
 
-TraceListener = Callable[[str, Path], None]
+TraceListener = Callable[[str], None]
 
 _BATCH_MAX = 5_000
 _WAKE_AT = 1_000
@@ -39,10 +39,11 @@ class _Token:
 
 
 class _TraceDone:
-    __slots__ = ("trace_id",)
+    __slots__ = ("callback", "trace_id")
 
-    def __init__(self, trace_id: str) -> None:
+    def __init__(self, trace_id: str, callback: Callable[[str], None] | None) -> None:
         self.trace_id = trace_id
+        self.callback = callback
 
 
 class Writer:
@@ -83,9 +84,9 @@ class Writer:
             self._wake.set()
         return True
 
-    def trace_done(self, trace_id: str) -> None:
-        """Mark a trace complete; listeners hear of it after its spans are committed."""
-        self._queue.append(_TraceDone(trace_id))
+    def trace_done(self, trace_id: str, callback: Callable[[str], None] | None = None) -> None:
+        """Mark a trace complete; `callback(trace_id)` runs after its spans are committed."""
+        self._queue.append(_TraceDone(trace_id, callback))
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Block until everything queued so far is committed (and listeners called)."""
@@ -150,7 +151,7 @@ class Writer:
         queue = self._queue
         spans: list[tuple[Any, ...]] = []
         events: list[tuple[Any, ...]] = []
-        done: list[str] = []
+        done: list[_TraceDone] = []
         tokens: list[_Token] = []
         while queue and len(spans) < _BATCH_MAX:
             item = queue.popleft()
@@ -163,16 +164,17 @@ class Writer:
                 except Exception as exc:
                     self._internal("writer.row", exc)
             elif type(item) is _TraceDone:
-                done.append(item.trace_id)
+                done.append(item)
             else:
                 tokens.append(item)
                 break
         if spans or events:
             self._commit(conn, spans, events)
-        for trace_id in done:
-            for listener in list(self.listeners):
+        for marker in done:
+            callbacks = [marker.callback] if marker.callback is not None else []
+            for callback in callbacks + list(self.listeners):
                 try:
-                    listener(trace_id, self.path)
+                    callback(marker.trace_id)
                 except Exception as exc:
                     self._internal("writer.listener", exc)
         for token in tokens:
@@ -233,11 +235,16 @@ def writer_for(path: Path, queue_size: int = 100_000) -> Writer:
         return writer
 
 
+_after_flush: list[Callable[[float | None], bool]] = []
+
+
 def flush_all(timeout: float | None = 30.0) -> bool:
-    """Flush every live writer of this process."""
+    """Flush every live writer of this process, then whatever runs after commits (hooks)."""
     ok = True
     for writer in list(_live):
         ok = writer.flush(timeout) and ok
+    for follow_up in list(_after_flush):
+        ok = follow_up(timeout) and ok
     return ok
 
 

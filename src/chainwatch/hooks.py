@@ -1,0 +1,210 @@
+"""Post-run hooks: analysis that runs after a trace is complete and committed.
+
+The writer tells the runner a trace is committed; the runner's own thread loads the trace and
+calls each hook in order. A hook that raises is recorded in `hook_runs` and the next one
+runs; a slow hook delays only the hooks behind it, never the app or the writer.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from ._errors import internal_error, logger
+from .store import database, queries
+from .store import writer as writer_module
+from .store.rows import describe_exception, iso_time
+from .views import Trace
+
+
+class Store:
+    """What a hook gets besides the trace: this thread's connection to the database."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = database.connect(path)
+
+    @property
+    def conn(self) -> Any:
+        """The `sqlite3.Connection` (explicit transactions: use `transaction()` to write)."""
+        return self.db.conn
+
+    def trace(self, trace_id: str) -> Trace:
+        """Load a stored trace."""
+        spans = queries.span_rows(self.db, trace_id)
+        return Trace(spans, queries.event_rows(self.db, spans[0].trace_id))
+
+    def write(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run `sql` for each row in one `BEGIN IMMEDIATE` transaction."""
+        if not rows:
+            return
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(sql, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.conn.close()
+
+
+class Hook(Protocol):
+    """A post-run hook: called with the finished trace and the store."""
+
+    def __call__(self, trace: Trace, store: Store) -> Any:
+        """Analyse `trace`; write results through `store`."""
+
+
+def hook_name(hook: Any) -> str:
+    """The name a hook is recorded under."""
+    name = getattr(hook, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    return getattr(hook, "__qualname__", None) or type(hook).__name__
+
+
+_HOOK_RUN_SQL = (
+    "INSERT INTO hook_runs (hook, trace_id, status, started_at, duration_ms, error) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def run_hooks(hooks: Sequence[Hook], trace_id: str, store: Store) -> list[tuple[str, str]]:
+    """Run `hooks` on one stored trace, isolating each; returns (hook, status) pairs."""
+    try:
+        trace = store.trace(trace_id)
+    except LookupError:
+        return []
+    results = []
+    for hook in hooks:
+        name = hook_name(hook)
+        started = time.time_ns()
+        t0 = time.perf_counter()
+        error = None
+        try:
+            hook(trace, store)
+        except Exception as exc:
+            error = describe_exception(exc)
+            logger.warning("chainwatch hook %s failed on trace %s: %s", name, trace_id, error)
+        duration_ms = (time.perf_counter() - t0) * 1000
+        status = "ok" if error is None else "error"
+        try:
+            store.write(
+                _HOOK_RUN_SQL, [(name, trace_id, status, iso_time(started), duration_ms, error)]
+            )
+        except Exception as exc:
+            internal_error("hooks.record", exc)
+        results.append((name, status))
+    return results
+
+
+class _Job:
+    __slots__ = ("hooks", "path", "trace_id")
+
+    def __init__(self, hooks: Sequence[Hook], trace_id: str, path: Path) -> None:
+        self.hooks = hooks
+        self.trace_id = trace_id
+        self.path = path
+
+
+class HookRunner:
+    """One thread per process that runs hooks for every handler, in trace order."""
+
+    def __init__(self, max_pending: int = 100_000) -> None:
+        self.max_pending = max_pending
+        self.dropped = 0
+        self.runs = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._queue: collections.deque[Any] = collections.deque()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._stores: dict[Path, Store] = {}
+
+    def submit(self, hooks: Sequence[Hook], trace_id: str, path: Path) -> None:
+        """Queue a committed trace for its hooks (called on the writer thread)."""
+        if len(self._queue) >= self.max_pending:
+            self.dropped += 1
+            return
+        self._queue.append(_Job(hooks, trace_id, path))
+        self._ensure_thread()
+        self._wake.set()
+
+    def flush(self, timeout: float | None = 60.0) -> bool:
+        """Wait until every queued trace's hooks have run."""
+        if self._thread is None and not self._queue:
+            return True
+        done = threading.Event()
+        self._queue.append(done)
+        self._ensure_thread()
+        self._wake.set()
+        return done.wait(timeout)
+
+    def _ensure_thread(self) -> None:
+        if self._pid != os.getpid():
+            self._reset()
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="chainwatch-hooks", daemon=True
+                )
+                self._thread.start()
+
+    def _store(self, path: Path) -> Store:
+        store = self._stores.get(path)
+        if store is None:
+            store = self._stores[path] = Store(path)
+        return store
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            while self._queue:
+                item = self._queue.popleft()
+                if isinstance(item, threading.Event):
+                    item.set()
+                    continue
+                try:
+                    run_hooks(item.hooks, item.trace_id, self._store(item.path))
+                    self.runs += 1
+                except Exception as exc:
+                    try:
+                        internal_error("hooks.run", exc)
+                    except BaseException:
+                        pass
+
+
+runner = HookRunner()
+writer_module._after_flush.append(runner.flush)
+
+
+def _after_fork_in_child() -> None:
+    runner._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def trace_listener(hooks: Sequence[Hook], path: Path) -> Callable[[str], None]:
+    """The callback the writer calls once a trace's spans are committed."""
+
+    def committed(trace_id: str) -> None:
+        runner.submit(hooks, trace_id, path)
+
+    return committed
