@@ -8,7 +8,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from . import quality as quality  # `chainwatch.quality.analyze_response`
+from .feedback import feedback
 from .handler import ChainWatchHandler
+from .hooks import analyze
 from .spans import Span, SpanKind, Status, Usage
 from .store import queries
 from .views import Summary, Trace, TraceList
@@ -25,6 +28,8 @@ __all__ = [
     "TraceList",
     "Usage",
     "__version__",
+    "analyze",
+    "feedback",
     "flush",
     "instrument_llama_index",
     "summary",

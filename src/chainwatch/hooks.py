@@ -201,6 +201,48 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def analyze(
+    *,
+    since: Any = None,
+    until: Any = None,
+    db: str | os.PathLike[str] | None = None,
+    hooks: Sequence[Hook] | None = None,
+    trace_ids: Sequence[str] | None = None,
+) -> int:
+    """Run hooks over stored traces, in this thread (for old databases or changed hooks).
+
+    Args:
+        since: only traces that started at or after this time (ISO 8601, epoch, "2h", ...).
+        until: only traces that started before this time.
+        db: the database (default ``$CHAINWATCH_DB`` or ``./chainwatch.db``).
+        hooks: the hooks to run (default: quality analysis).
+        trace_ids: exactly these traces instead of a time window.
+
+    Returns:
+        How many traces the hooks ran on.
+    """
+    if hooks is None:
+        from .quality import QualityHook
+
+        hooks = [QualityHook()]
+    path = database.resolve_path(db)
+    if not path.exists():
+        raise FileNotFoundError(f"no chainwatch database at {path}")
+    writer_module.flush_all()
+    store = Store(path)
+    try:
+        if trace_ids is None:
+            rows = queries.trace_rows(
+                store.db, since=queries.to_iso(since), until=queries.to_iso(until), limit=None
+            )
+            trace_ids = [row["trace_id"] for row in reversed(rows)]
+        for trace_id in trace_ids:
+            run_hooks(hooks, trace_id, store)
+        return len(trace_ids)
+    finally:
+        store.close()
+
+
 def trace_listener(hooks: Sequence[Hook], path: Path) -> Callable[[str], None]:
     """The callback the writer calls once a trace's spans are committed."""
 

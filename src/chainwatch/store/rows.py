@@ -19,7 +19,7 @@ SPAN_INSERT = "INSERT OR REPLACE INTO spans ({}) VALUES ({})".format(
 EVENT_INSERT = (
     "INSERT INTO span_events (span_id, trace_id, name, time, attributes) VALUES (?, ?, ?, ?, ?)"
 )
-_PRICED_KINDS = frozenset({"llm", "embedding"})
+_PRICED_KINDS = frozenset({"llm", "embedding", "evaluator"})
 
 
 @dataclass(frozen=True, slots=True)
