@@ -127,7 +127,10 @@ class _Converter:
         attrs = getattr(obj, "__dict__", None) or {}
         cls = type(obj).__name__
         if "content" in attrs and "type" in attrs and "Message" in cls:
-            role = _ROLES.get(attrs["type"], attrs.get("role") or attrs["type"])
+            kind = str(attrs["type"])
+            if kind.endswith("MessageChunk"):
+                kind = kind[: -len("MessageChunk")].lower()
+            role = _ROLES.get(kind) or attrs.get("role") or kind
             out = {"role": role, "content": self.convert(attrs["content"], depth)}
             for extra in ("name", "tool_calls", "tool_call_id"):
                 value = attrs.get(extra)
@@ -159,6 +162,11 @@ class _Converter:
             if attrs.get("additional_kwargs"):
                 out["additional_kwargs"] = self.convert(attrs["additional_kwargs"], depth)
             return out
+        if cls.endswith("PromptValue"):
+            if "messages" in attrs:
+                return self.convert(attrs["messages"], depth)
+            if "text" in attrs:
+                return self.convert(attrs["text"], depth)
         if "page_content" in attrs:
             return {
                 "content": self.convert(attrs["page_content"], depth),

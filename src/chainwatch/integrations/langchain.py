@@ -90,6 +90,10 @@ class LangChainCallbacks:
             metadata = self._metadata
         handler_tags = self._tags
         if tags:
+            if parent_run_id is not None:
+                for tag in tags:
+                    if tag.startswith("retry:attempt:"):
+                        self._lc_retry(str(parent_run_id), tag)
             tags = handler_tags + tags if handler_tags else tags
         else:
             tags = handler_tags
@@ -111,13 +115,29 @@ class LangChainCallbacks:
             session_id=session_id,
         )
 
+    def _lc_retry(self, parent_id: str, tag: str) -> None:
+        """`Runnable.with_retry` tags attempts 2, 3, ...: a `retry` event on the retrying run."""
+        parent = self._rec.get(parent_id)
+        if parent is None:
+            return
+        try:
+            attempt = int(tag.rsplit(":", 1)[1]) - 1
+        except ValueError:
+            return
+        error = parent.extra.get("last_child_error") if parent.extra else None
+        self._rec.event(parent_id, "retry", {"attempt": attempt, "error": error})
+
     def _lc_error(self, error: BaseException, run_id: UUID) -> None:
         if is_control_flow(error):
             span_id = str(run_id)
             self._rec.event(span_id, "interrupt", {"type": type(error).__name__, "value": error})
             self._rec.end(span_id)
         else:
-            self._rec.end(str(run_id), error=error)
+            rec = self._rec.end(str(run_id), error=error)
+            parent = self._rec.get(rec.parent_id) if rec and rec.parent_id else None
+            if parent is not None:
+                parent.extra = parent.extra or {}
+                parent.extra["last_child_error"] = error
 
     # -- chains, prompts, parsers ---------------------------------------------------------------
 
