@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any as _Any
 
 from . import quality as quality  # `chainwatch.quality.analyze_response`
 from .feedback import feedback
@@ -71,8 +71,8 @@ def uninstrument_llama_index(handler: ChainWatchHandler) -> bool:
 def traces(
     *,
     db: str | os.PathLike[str] | None = None,
-    since: Any = None,
-    until: Any = None,
+    since: _Any = None,
+    until: _Any = None,
     name: str | None = None,
     status: str | None = None,
     tags: list[str] | None = None,

@@ -50,18 +50,24 @@ def _safe_repr(obj: Any, limit: int) -> str:
 
 
 class _Converter:
-    __slots__ = ("limit", "seen")
+    __slots__ = ("cut", "limit", "seen")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.seen: set[int] = set()
+        self.cut = 0
+
+    def text(self, value: str) -> str:
+        if len(value) > self.limit:
+            self.cut += len(value) - self.limit
+        return truncate_text(repair_text(value), self.limit)
 
     def convert(self, obj: Any, depth: int = 0) -> Any:
         if obj is None or obj is True or obj is False:
             return obj
         kind = type(obj)
         if kind is str:
-            return truncate_text(repair_text(obj), self.limit)
+            return self.text(obj)
         if kind is int:
             return obj
         if kind is float:
@@ -81,7 +87,7 @@ class _Converter:
 
     def _scalar(self, obj: Any) -> Any:
         if isinstance(obj, str):
-            return truncate_text(repair_text(str(obj)), self.limit)
+            return self.text(str(obj))
         if isinstance(obj, bool):
             return bool(obj)
         if isinstance(obj, int):
@@ -196,10 +202,15 @@ def _node_text(node: Any) -> Any:
 
 def to_jsonable(obj: Any, limit: int = DEFAULT_MAX_CHARS) -> Any:
     """Convert `obj` to plain JSON types, never raising."""
+    return _convert(obj, limit)[0]
+
+
+def _convert(obj: Any, limit: int) -> tuple[Any, int]:
+    converter = _Converter(limit)
     try:
-        return _Converter(limit).convert(obj)
+        return converter.convert(obj), converter.cut
     except Exception as exc:
-        return f"<unserialisable {type(obj).__name__}: {type(exc).__name__}>"
+        return f"<unserialisable {type(obj).__name__}: {type(exc).__name__}>", 0
 
 
 def to_json(obj: Any, limit: int = DEFAULT_MAX_CHARS) -> str | None:
@@ -210,10 +221,15 @@ def to_json(obj: Any, limit: int = DEFAULT_MAX_CHARS) -> str | None:
     """
     if obj is None:
         return None
-    text = json.dumps(to_jsonable(obj, limit), ensure_ascii=False, allow_nan=False)
+    value, cut = _convert(obj, limit)
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False)
     if len(text) > limit:
         text = json.dumps(
-            {"_truncated": True, "original_chars": len(text), "preview": text[:limit]},
+            {
+                "_truncated": True,
+                "original_chars": len(text) + cut,
+                "preview": f"{text[:limit]}…[truncated {len(text) + cut - limit:,} chars]",
+            },
             ensure_ascii=False,
         )
     return text

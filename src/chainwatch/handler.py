@@ -85,7 +85,7 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
         clock: Callable[[], int] | None = None,
     ) -> None:
         config = HandlerConfig(
-            tags=list(tags or []),
+            tags=[tags] if isinstance(tags, str) else list(tags or []),
             user_id=user_id,
             session_id=session_id,
             metadata=dict(metadata or {}),
@@ -96,6 +96,7 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
             max_open_s=max_open_s,
         )
         self.config = config
+        prices_table = pricing.validate_prices(prices)
         self.db_path = database.resolve_path(db)
         try:
             database.connect(self.db_path).conn.close()
@@ -105,7 +106,7 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
             max_chars=config.max_chars,
             capture_inputs=config.capture_inputs,
             capture_outputs=config.capture_outputs,
-            prices=pricing.validate_prices(prices),
+            prices=prices_table,
         )
         self._writer = writer.writer_for(self.db_path, queue_size=config.queue_size)
         kwargs: dict[str, Any] = {"max_open_s": config.max_open_s}

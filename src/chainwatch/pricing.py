@@ -18,7 +18,7 @@ from .spans import Usage
 class ModelPrice(BaseModel):
     """A user's own price for a model, in USD per million tokens."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)

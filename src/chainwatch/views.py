@@ -71,7 +71,7 @@ class Trace:
 
     def totals(self) -> dict[str, Any]:
         """Tokens and cost of the trace's model calls, each counted once."""
-        counted = [s for s in self.spans if s.kind in ("llm", "embedding")]
+        counted = [s for s in self.spans if s.kind in ("llm", "embedding") and s.counts_usage]
         prompt = [s.prompt_tokens for s in counted if s.prompt_tokens is not None]
         completion = [s.completion_tokens for s in counted if s.completion_tokens is not None]
         costs = [s.cost_usd for s in counted if s.cost_usd is not None]

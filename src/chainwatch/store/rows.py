@@ -104,8 +104,8 @@ def span_row(rec: SpanRecord, settings: RowSettings) -> tuple[Any, ...]:
         to_json(metadata, limit),
         _text(rec.user_id, 500),
         _text(rec.session_id, 500),
-        rec.usage_note,
-        cost_note,
+        _text(rec.usage_note, 500),
+        _text(cost_note, 500),
         1 if rec.counts_usage else 0,
     )
 
@@ -115,7 +115,8 @@ def event_rows(rec: SpanRecord, settings: RowSettings) -> list[tuple[Any, ...]]:
     rows = []
     for event in rec.events or ():
         attributes = to_json(event.attributes, settings.max_chars)
-        rows.append((rec.span_id, rec.trace_id, event.name, iso_time(event.time_ns), attributes))
+        name = _text(event.name, 200) or "event"
+        rows.append((rec.span_id, rec.trace_id, name, iso_time(event.time_ns), attributes))
     exc = rec.extra.get("exception") if rec.extra else None
     if isinstance(exc, BaseException):
         stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
