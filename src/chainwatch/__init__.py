@@ -9,6 +9,7 @@ import os
 from typing import Any as _Any
 
 from . import quality as quality  # `chainwatch.quality.analyze_response`
+from .baselines import check_drift, set_baseline
 from .feedback import feedback
 from .handler import ChainWatchHandler
 from .hooks import analyze
@@ -29,9 +30,11 @@ __all__ = [
     "Usage",
     "__version__",
     "analyze",
+    "check_drift",
     "feedback",
     "flush",
     "instrument_llama_index",
+    "set_baseline",
     "summary",
     "trace",
     "traces",

@@ -56,7 +56,8 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
         prices: USD prices per million tokens for models genai-prices does not know,
             e.g. ``{"my-llm": {"input_per_mtok": 0.5, "output_per_mtok": 1.5}}``.
         hooks: post-run hooks, each called as ``hook(trace, store)`` on the hook thread after
-            a trace's spans are committed. Default: quality analysis; ``[]`` runs none.
+            a trace's spans are committed. Default: quality analysis and a drift check
+            every 100 traces once a baseline is set; ``[]`` runs none.
         queue_size: finished spans waiting for the writer; beyond it spans are dropped
             and counted, so the app never waits.
         max_open_s: spans open longer than this are closed as never ended.
@@ -113,9 +114,10 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
         if clock is not None:
             kwargs["clock"] = clock
         if hooks is None:
+            from .baselines import DriftHook
             from .quality import QualityHook
 
-            hooks = [QualityHook()]
+            hooks = [QualityHook(), DriftHook()]
         for hook in hooks:
             if not callable(hook):
                 raise ValueError(f"hooks must be callables taking (trace, store), got {hook!r}")

@@ -187,3 +187,48 @@ def m003_hooks_quality_feedback(db: Database) -> None:
         not_null={"trace_id", "score", "source", "created_at"},
     )
     db["feedback"].create_index(["trace_id"])  # type: ignore[union-attr]
+
+
+@migrations()
+def m004_drift(db: Database) -> None:
+    """Named drift baselines and every drift comparison made."""
+    db["baselines"].create(  # type: ignore[union-attr]
+        {
+            "name": str,
+            "since": str,
+            "until": str,
+            "first_n": int,
+            "tags": str,
+            "created_at": str,
+        },
+        pk="name",
+        not_null={"created_at"},
+    )
+    db["drift_checks"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "check_id": str,
+            "created_at": str,
+            "baseline": str,
+            "mode": str,
+            "window": str,
+            "segment": str,
+            "metric": str,
+            "status": str,
+            "test": str,
+            "statistic": float,
+            "p_value": float,
+            "p_adjusted": float,
+            "effect": float,
+            "effect_kind": str,
+            "baseline_value": float,
+            "current_value": float,
+            "n_baseline": int,
+            "n_current": int,
+            "reason": str,
+        },
+        pk="id",
+        not_null={"check_id", "created_at", "baseline", "segment", "metric", "status"},
+    )
+    db["drift_checks"].create_index(["check_id"])  # type: ignore[union-attr]
+    db["drift_checks"].create_index(["created_at"])  # type: ignore[union-attr]
