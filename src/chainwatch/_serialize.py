@@ -86,6 +86,8 @@ class _Converter:
         return self._scalar(obj)
 
     def _scalar(self, obj: Any) -> Any:
+        if isinstance(obj, enum.Enum):
+            return self.convert(obj.value)
         if isinstance(obj, str):
             return self.text(str(obj))
         if isinstance(obj, bool):
@@ -223,6 +225,12 @@ def to_json(obj: Any, limit: int = DEFAULT_MAX_CHARS) -> str | None:
         return None
     value, cut = _convert(obj, limit)
     text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    for smaller in (limit // 8, limit // 64, 100):
+        if len(text) <= limit or smaller < 100:
+            break
+        # Cut long strings harder before giving up the structure (ids, scores, roles).
+        value, cut = _convert(obj, smaller)
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
     if len(text) > limit:
         text = json.dumps(
             {

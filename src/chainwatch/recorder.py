@@ -113,6 +113,13 @@ class Recorder:
             self.sweep()
         return rec
 
+    def open_in_trace(self, trace_id: str) -> list[SpanRecord]:
+        """Spans of a running trace that have not ended yet."""
+        trace = self._traces.get(trace_id)
+        if trace is None:
+            return []
+        return [rec for sid in trace.span_ids if (rec := self._open.get(sid)) is not None]
+
     def trace_of(self, span_id: str) -> str | None:
         """The trace of a span whose trace has not ended (open or finished span)."""
         return self._trace_of.get(span_id)

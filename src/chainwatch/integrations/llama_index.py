@@ -149,11 +149,23 @@ class LlamaIndexCallbacks:
         """The trace ended: close its root span."""
         try:
             span_id = _legacy_root(self._rec)
-            if span_id is not None:
-                _set_legacy_root(self._rec, None)
-                rec = self._rec.get(span_id)
-                failure = rec.extra.get("trace_error") if rec is not None and rec.extra else None
-                self._rec.end(span_id, error=failure)
+            if span_id is None:
+                return
+            _set_legacy_root(self._rec, None)
+            rec = self._rec.get(span_id)
+            if rec is None:
+                return
+            failure = rec.extra.get("trace_error") if rec.extra else None
+            if failure is None:
+                # end_trace runs in as_trace's `finally`: an exception leaving the trace is here
+                failure = sys.exc_info()[1]
+            streaming = [s for s in self._rec.open_in_trace(span_id) if s.kind == "llm"]
+            if streaming and failure is None:
+                # A streamed answer is still being read: the trace ends when its model call does.
+                rec.extra = rec.extra or {}
+                rec.extra["end_when_streams_end"] = True
+                return
+            self._rec.end(span_id, error=failure)
         except Exception as exc:
             internal_error("llama_index.end_trace", exc)
 
@@ -228,5 +240,9 @@ class LlamaIndexCallbacks:
             elif rec.kind == "embedding":
                 rec.usage_note = "embedding usage is not reported by LlamaIndex callbacks"
             self._rec.end(event_id, payload, error=error if error is not None else None)
+            root = self._rec.get(rec.trace_id)
+            if root is not None and root.extra and root.extra.get("end_when_streams_end"):
+                if not any(s.kind == "llm" for s in self._rec.open_in_trace(rec.trace_id)):
+                    self._rec.end(root.span_id)
         except Exception as exc:
             internal_error("llama_index.on_event_end", exc)

@@ -61,12 +61,29 @@ def _kinds() -> list[tuple[type, str]]:
     return _kinds_cache
 
 
-def kind_of(instance: Any) -> str:
-    """Span kind of a dispatcher span from the instance whose method it wraps."""
+_MODEL_METHODS = frozenset(
+    f"{prefix}{name}"
+    for prefix in ("", "a")
+    for name in (
+        "chat", "stream_chat", "complete", "stream_complete", "predict", "stream",
+        "structured_predict", "stream_structured_predict", "predict_and_call",
+        "chat_with_tools", "stream_chat_with_tools",
+    )
+)
+
+
+def kind_of(instance: Any, method: str | None = None) -> str:
+    """Span kind of a dispatcher span from the instance (and method) it wraps.
+
+    Only the model-calling methods of an LLM are `llm` spans; its helpers
+    (``_prepare_chat_with_tools``, ``get_tool_calls_from_response``) are not model calls.
+    """
     if instance is None:
         return "chain"
     for cls, kind in _kinds():
         if isinstance(instance, cls):
+            if kind == "llm" and method is not None and method not in _MODEL_METHODS:
+                return "chain"
             return kind
     return "chain"
 
@@ -83,6 +100,15 @@ def _provider(instance: Any) -> str | None:
     if module.startswith("llama_index.llms."):
         return module.split(".")[2]
     return None
+
+
+def _has_tool_call(response: Any) -> bool:
+    message = getattr(response, "message", None)
+    if message is None:
+        return False
+    if (getattr(message, "additional_kwargs", None) or {}).get("tool_calls"):
+        return True
+    return any(type(b).__name__ == "ToolCallBlock" for b in getattr(message, "blocks", ()) or ())
 
 
 def _is_stream(result: Any) -> bool:
@@ -103,11 +129,12 @@ class _Bridge:
         parent = parent_id if parent_id and rec.trace_of(parent_id) is not None else None
         if parent is None:
             parent = _legacy.outer_parent(rec) if parent_id is None else parent_id
-        kind = kind_of(instance)
+        name = span_name(id_)
+        kind = kind_of(instance, name.rsplit(".", 1)[-1])
         arguments = getattr(bound_args, "arguments", None)
         h = self.handler
         span = rec.start(
-            id_, parent, span_name(id_), kind, FRAMEWORK, arguments,
+            id_, parent, name, kind, FRAMEWORK, arguments,
             tags=h._tags, metadata=h._metadata, user_id=h._user_id, session_id=h._session_id,
         )
         if kind == _LLM:
@@ -150,7 +177,9 @@ class _Bridge:
             if span is None:
                 return
             response = event.response
-            if span.ttft_ns is None and getattr(response, "delta", None):
+            if span.ttft_ns is None and (
+                getattr(response, "delta", None) or _has_tool_call(response)
+            ):
                 now = self.rec.clock()
                 span.ttft_ns = now - span.start_ns
                 span.add_event("first_token", now)
@@ -159,6 +188,8 @@ class _Bridge:
                 span.finish_reason = reason
         elif name in _END_EVENTS:
             self._model_end(event)
+        elif name == "ExceptionEvent":
+            self._close_pending(event.span_id, getattr(event, "exception", None))
         elif name in _START_EVENTS:
             span = self.model_span(event.span_id)
             if span is not None:
@@ -168,6 +199,14 @@ class _Bridge:
             tool = getattr(event, "tool", None)
             attributes = {"tool": getattr(tool, "name", None), "arguments": event.arguments}
             self.rec.event(event.span_id, "tool_call", attributes) if event.span_id else None
+
+    def _close_pending(self, span_id: str | None, error: BaseException | None) -> None:
+        """A stream failed part-way: end its waiting spans, innermost first, with the error."""
+        current = self.rec.get(span_id) if span_id else None
+        while current is not None and current.extra and current.extra.get("stream_pending"):
+            parent_id = current.parent_id
+            self.rec.end(current.span_id, error=error or RuntimeError("stream failed"))
+            current = self.rec.get(parent_id) if parent_id else None
 
     def _model_end(self, event: Any) -> None:
         span = self.model_span(event.span_id)
