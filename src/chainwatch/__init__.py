@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any as _Any
 
+from . import alerts as alerts  # `chainwatch.alerts.Rule`, `chainwatch.alerts.active()`
 from . import quality as quality  # `chainwatch.quality.analyze_response`
 from .baselines import check_drift, set_baseline
 from .feedback import feedback

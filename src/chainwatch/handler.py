@@ -58,6 +58,9 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
         hooks: post-run hooks, each called as ``hook(trace, store)`` on the hook thread after
             a trace's spans are committed. Default: quality analysis and a drift check
             every 100 traces once a baseline is set; ``[]`` runs none.
+        alerts: alert rules (`chainwatch.alerts.Rule`) evaluated after each trace.
+        notifiers: where alert notifications go (Slack, PagerDuty, webhook, logging,
+            any callable).
         queue_size: finished spans waiting for the writer; beyond it spans are dropped
             and counted, so the app never waits.
         max_open_s: spans open longer than this are closed as never ended.
@@ -81,6 +84,8 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
         capture_outputs: bool = True,
         prices: Mapping[str, Any] | None = None,
         hooks: Sequence[Callable[..., Any]] | None = None,
+        alerts: Sequence[Any] | None = None,
+        notifiers: Sequence[Any] | None = None,
         queue_size: int = 100_000,
         max_open_s: float = 6 * 3600,
         clock: Callable[[], int] | None = None,
@@ -118,6 +123,10 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
             from .quality import QualityHook
 
             hooks = [QualityHook(), DriftHook()]
+        if alerts or notifiers:
+            from .alerts import AlertHook
+
+            hooks = [*hooks, AlertHook(alerts or [], notifiers or [])]
         for hook in hooks:
             if not callable(hook):
                 raise ValueError(f"hooks must be callables taking (trace, store), got {hook!r}")

@@ -232,3 +232,47 @@ def m004_drift(db: Database) -> None:
     )
     db["drift_checks"].create_index(["check_id"])  # type: ignore[union-attr]
     db["drift_checks"].create_index(["created_at"])  # type: ignore[union-attr]
+
+
+@migrations()
+def m005_alerts(db: Database) -> None:
+    """Alert state per rule and label set, and every notification attempt."""
+    db["alerts"].create(  # type: ignore[union-attr]
+        {
+            "rule": str,
+            "labels": str,
+            "state": str,
+            "severity": str,
+            "value": float,
+            "threshold": float,
+            "expression": str,
+            "consecutive": int,
+            "active_since": str,
+            "fired_at": str,
+            "resolved_at": str,
+            "last_evaluated_at": str,
+            "last_notified_at": str,
+        },
+        pk=("rule", "labels"),
+        not_null={"state", "severity", "last_evaluated_at"},
+    )
+    db["alert_notifications"].create(  # type: ignore[union-attr]
+        {
+            "id": int,
+            "rule": str,
+            "labels": str,
+            "transition": str,
+            "notifier": str,
+            "status": str,
+            "http_status": int,
+            "error": str,
+            "attempts": int,
+            "created_at": str,
+            "finished_at": str,
+            "pid": int,
+        },
+        pk="id",
+        not_null={"rule", "labels", "transition", "notifier", "status", "attempts", "created_at"},
+    )
+    db["alert_notifications"].create_index(["rule", "labels"])  # type: ignore[union-attr]
+    db["alert_notifications"].create_index(["created_at"])  # type: ignore[union-attr]
