@@ -17,6 +17,7 @@ import chainwatch
 
 EXPECTED_ALL = [
     "ChainWatchHandler",
+    "Report",
     "Span",
     "SpanKind",
     "Status",
@@ -30,6 +31,7 @@ EXPECTED_ALL = [
     "feedback",
     "flush",
     "instrument_llama_index",
+    "report",
     "set_baseline",
     "summary",
     "trace",

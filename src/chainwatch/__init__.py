@@ -14,6 +14,7 @@ from .baselines import check_drift, set_baseline
 from .feedback import feedback
 from .handler import ChainWatchHandler
 from .hooks import analyze
+from .report_render import Report
 from .spans import Span, SpanKind, Status, Usage
 from .store import queries
 from .views import Summary, Trace, TraceList
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChainWatchHandler",
+    "Report",
     "Span",
     "SpanKind",
     "Status",
@@ -35,12 +37,52 @@ __all__ = [
     "feedback",
     "flush",
     "instrument_llama_index",
+    "report",
     "set_baseline",
     "summary",
     "trace",
     "traces",
     "uninstrument_llama_index",
 ]
+
+
+def report(
+    *,
+    db: str | os.PathLike[str] | None = None,
+    since: _Any = None,
+    until: _Any = None,
+    tags: list[str] | None = None,
+    session_id: str | None = None,
+    user_id: str | None = None,
+    model: str | None = None,
+    name: str | None = None,
+    top: int = 5,
+) -> Report:
+    """A report of a batch of runs: HTML in Jupyter, text in a terminal.
+
+    With no filter it covers what this process recorded since its last report (or the last
+    24 hours when it recorded nothing). Filters: a time window (``since="1h"``), root tags,
+    session, user, a model (only its calls), a root span name.
+
+    Returns:
+        A `Report`; ``.save("report.html")``, ``.to_markdown()``, ``.to_dict()``.
+    """
+    from .report import compute
+
+    data = compute(db=db, since=since, until=until, tags=tags, session_id=session_id,
+                   user_id=user_id, model=model, name=name, top=top)
+    linked = dict.fromkeys(t.trace_id for t in [*data.slowest, *data.most_expensive,
+                                                *data.failed])
+    views = {}
+    if linked:
+        database = queries.open_read(db)
+        try:
+            for trace_id in linked:
+                spans = queries.span_rows(database, trace_id)
+                views[trace_id] = Trace(spans, queries.event_rows(database, trace_id))
+        finally:
+            database.conn.close()
+    return Report(data, views)
 
 
 def flush(timeout: float | None = 30.0) -> bool:

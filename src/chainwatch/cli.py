@@ -1,4 +1,4 @@
-"""The `chainwatch` command: demo, traces, show, summary, schema."""
+"""The `chainwatch` command: demo, traces, show, summary, report, schema."""
 
 from __future__ import annotations
 
@@ -34,6 +34,16 @@ def _parser() -> argparse.ArgumentParser:
     summary.add_argument("--window-minutes", type=float, default=60)
     summary.add_argument("--json", action="store_true")
 
+    report = sub.add_parser("report", help="a report of recent runs")
+    report.add_argument("--db", default=None)
+    report.add_argument("--since", default="24h", help="e.g. 1h, 7d, 2026-11-27T10:00:00Z")
+    report.add_argument("--until", default=None)
+    report.add_argument("--tag", action="append", dest="tags", default=None)
+    report.add_argument("--model", default=None)
+    report.add_argument("--name", default=None, help="root span name")
+    report.add_argument("--html", metavar="FILE", default=None, help="write the HTML report")
+    report.add_argument("--markdown", action="store_true", help="print markdown")
+
     sub.add_parser("schema", help="print the schema documentation (markdown)")
     return parser
 
@@ -63,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "summary":
             result = chainwatch.summary(args.window_minutes, db=args.db)
             print(json.dumps(result, indent=2) if args.json else result)
+        elif args.command == "report":
+            made = chainwatch.report(
+                db=args.db, since=args.since, until=args.until, tags=args.tags,
+                model=args.model, name=args.name,
+            )
+            if args.html:
+                print(f"report written to {made.save(args.html)}")
+            else:
+                print(made.to_markdown() if args.markdown else made)
         elif args.command == "schema":
             from .store.schema_doc import schema_markdown
 

@@ -15,6 +15,7 @@ from . import hooks as _hooks
 from .integrations.langchain import LangChainCallbacks
 from .integrations.llama_index import LlamaIndexCallbacks
 from .recorder import Recorder
+from .report import note_trace
 from .store import database, writer
 from .store.rows import RowSettings
 
@@ -134,7 +135,10 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
         listener = _hooks.trace_listener(self.hooks, self.db_path) if self.hooks else None
         writer_ = self._writer
 
+        path = self.db_path
+
         def trace_done(trace_id: str) -> None:
+            note_trace(path, trace_id)
             writer_.trace_done(trace_id, listener)
 
         self._rec = Recorder(self._writer.put, trace_done, settings, **kwargs)

@@ -6,7 +6,9 @@ Each renders as text in a terminal (`str`) and as HTML in Jupyter (`_repr_html_`
 from __future__ import annotations
 
 import html
+import json
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from .spans import Span
@@ -109,31 +111,83 @@ class Trace:
         return f"<Trace {self.trace_id} {self.root.name!r} spans={len(self.spans)}>"
 
     def _repr_html_(self) -> str:
-        start = min(s.start_time for s in self.spans)
+        """A waterfall: nested spans, timing bars, tokens, cost; inputs/outputs expandable."""
+        t0 = datetime.fromisoformat(min(s.start_time for s in self.spans))
         total = max(self.duration_ms, 1e-6)
-        from datetime import datetime
-
-        t0 = datetime.fromisoformat(start)
         rows = []
         for depth, span in self.walk():
             offset = (datetime.fromisoformat(span.start_time) - t0).total_seconds() * 1000
             left = max(0.0, min(100.0, offset / total * 100))
             width = max(0.5, min(100.0 - left, span.duration_ms / total * 100))
-            colour = "#d9534f" if span.status == "error" else "#5b8def"
+            colour = "#d9534f" if span.status == "error" else _KIND_COLOURS.get(span.kind,
+                                                                                "#5b8def")
+            detail = (
+                f"<details><summary>{html.escape(span.name)}</summary>"
+                f"<pre>inputs: {html.escape(_preview(span.inputs))}</pre>"
+                f"<pre>outputs: {html.escape(_preview(span.outputs))}</pre></details>"
+            )
+            error = f"<span class='cw-err'>{html.escape(span.error)}</span>" if span.error else ""
             rows.append(
-                "<tr>"
-                f"<td style='padding-left:{depth * 16}px'>{html.escape(span.name)}</td>"
+                f"<tr><td style='padding-left:{depth * 16 + 4}px'>{detail}</td>"
                 f"<td>{span.kind}</td><td>{_ms(span.duration_ms)}</td>"
                 f"<td>{_num(span.total_tokens)}</td><td>{_usd(span.cost_usd)}</td>"
-                f"<td style='width:40%'><div style='margin-left:{left:.1f}%;width:{width:.1f}%;"
-                f"background:{colour};height:10px'></div></td>"
-                f"<td>{html.escape(span.error or '')}</td></tr>"
+                f"<td class='cw-bar'><div style='margin-left:{left:.1f}%;width:{width:.1f}%;"
+                f"background:{colour}'></div></td><td>{error}</td></tr>"
             )
+        title = html.escape(f"trace {self.trace_id}: {self.root.name} ({self.status}, "
+                            f"{_ms(self.duration_ms)})")
         return (
-            f"<div><b>trace {html.escape(self.trace_id)}</b><table>"
-            "<tr><th>span</th><th>kind</th><th>time</th><th>tokens</th><th>cost</th>"
-            "<th>timeline</th><th>error</th></tr>" + "".join(rows) + "</table></div>"
+            f"<div class='cw-trace' id='trace-{html.escape(self.trace_id)}'>{_TRACE_CSS}"
+            f"<b>{title}</b><table><tr><th>span</th><th>kind</th><th>time</th><th>tokens</th>"
+            "<th>cost</th><th style='width:35%'>timeline</th><th>error</th></tr>"
+            + "".join(rows) + "</table></div>"
         )
+
+    def to_pandas(self) -> Any:
+        """The spans as a pandas DataFrame (the `notebook` extra)."""
+        return _dataframe([_span_dict(s) for s in self.spans])
+
+
+_KIND_COLOURS = {"llm": "#8e6bd8", "retriever": "#2a9d8f", "tool": "#e0a030",
+                 "embedding": "#4aa3df", "evaluator": "#999999"}
+_TRACE_CSS = (
+    "<style>.cw-trace table{border-collapse:collapse}.cw-trace td,.cw-trace th{padding:2px 8px;"
+    "border-bottom:1px solid #eee;text-align:left;vertical-align:top}.cw-bar div{height:10px}"
+    ".cw-err{color:#b52a2a}.cw-trace pre{white-space:pre-wrap;max-width:60em;margin:2px 0}"
+    "</style>"
+)
+_SORT_JS = (
+    "<script>function cwSort(th,i){var t=th.closest('table'),rows=Array.from(t.rows).slice(1),"
+    "asc=th.dataset.asc!=='1';th.dataset.asc=asc?'1':'0';rows.sort(function(a,b){"
+    "var x=a.cells[i].dataset.v,y=b.cells[i].dataset.v,nx=parseFloat(x),ny=parseFloat(y);"
+    "var c=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y);return asc?c:-c});"
+    "rows.forEach(function(r){t.appendChild(r)})}</script>"
+)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _preview(value: Any, limit: int = 2000) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=1)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _span_dict(span: Span) -> dict[str, Any]:
+    return {name: getattr(span, name) for name in span.__dataclass_fields__}
+
+
+def _dataframe(rows: list[dict[str, Any]]) -> Any:
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ImportError("to_pandas() needs pandas: pip install 'chainwatch[notebook]'") from None
+    return pd.DataFrame(rows)
 
 
 class TraceList(list[dict[str, Any]]):
@@ -148,20 +202,30 @@ class TraceList(list[dict[str, Any]]):
         lines = []
         for row in self:
             lines.append(
-                f"{row['trace_id'][:8]}  {row['start_time'][:19]}  {row['status']:<5}  "
+                f"{row['trace_id']}  {row['start_time'][:19]}  {row['status']:<5}  "
                 f"{_ms(row['duration_ms']):>9}  spans={row['span_count']:<4} "
                 f"tokens={_num(row['total_tokens'])}  cost={_usd(row['cost_usd'])}  {row['name']}"
             )
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{c}</th>" for c in self._COLUMNS)
+        """A table sortable by clicking a column header."""
+        head = "".join(
+            f"<th onclick='cwSort(this,{i})' style='cursor:pointer'>{c}</th>"
+            for i, c in enumerate(self._COLUMNS)
+        )
         body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in self._COLUMNS)
-            + "</tr>"
+            "<tr>" + "".join(
+                f"<td data-v='{html.escape(str(r.get(c)))}'>{html.escape(_cell(r.get(c)))}</td>"
+                for c in self._COLUMNS
+            ) + "</tr>"
             for r in self
         )
-        return f"<table><tr>{head}</tr>{body}</table>"
+        return f"{_SORT_JS}<table class='cw-traces'><tr>{head}</tr>{body}</table>"
+
+    def to_pandas(self) -> Any:
+        """The rows as a pandas DataFrame (the `notebook` extra)."""
+        return _dataframe([dict(r) for r in self])
 
 
 class Summary(dict[str, Any]):
