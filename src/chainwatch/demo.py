@@ -86,7 +86,7 @@ def run_demo(db: Path, *, quiet: bool = False) -> dict[str, Any]:
     """Run the workload into a fresh database at `db` and return its summary.
 
     Returns:
-        ``{"db": path, "summary": Summary, "traces": int}``.
+        ``{"db": path, "summary": Summary, "traces": int, "report": Report, "alerts": [...]}``.
     """
     _require_extras()
     from langchain_core.documents import Document
@@ -124,7 +124,19 @@ def run_demo(db: Path, *, quiet: bool = False) -> dict[str, Any]:
         """Count the words of a text."""
         return len(text.split())
 
-    handler = chainwatch.ChainWatchHandler(db, tags=["demo"], session_id="demo-session")
+    from chainwatch.alerts import AlertHook, Rule
+    from chainwatch.quality import QualityHook
+
+    fired: list[str] = []
+    alerting = AlertHook(
+        [Rule("errors", "error_rate > 0.05", severity="warning",
+              description="More than 5 % of model calls failed")],
+        [lambda alerts: fired.extend(a.summary() for a in alerts)],
+        min_interval_s=0.5,
+    )
+    handler = chainwatch.ChainWatchHandler(
+        db, tags=["demo"], session_id="demo-session", hooks=[QualityHook(), alerting]
+    )
     with FakeOpenAI(_responder) as server:
         key = SecretStr("sk-demo")
         model = ChatOpenAI(
@@ -184,13 +196,19 @@ def run_demo(db: Path, *, quiet: bool = False) -> dict[str, Any]:
         except TimeoutError:
             failures += 1
     handler.flush()
+    chainwatch.alerts.evaluate(alerting.rules, alerting.notifiers, db=db, wait=True)
     summary = chainwatch.summary(window_minutes=None, db=db)
     count = len(chainwatch.traces(db=db, limit=None))
+    report = chainwatch.report(db=db)
     if not quiet:
-        print(f"chainwatch demo: {count} traces recorded ({failures} failed on purpose)\n")
-        print(summary)
+        print(f"chainwatch demo: {count} traces recorded ({failures} failed on purpose)")
+        for line in fired:
+            print(f"alert sent: {line}")
+        print()
+        print(report.to_text())
         print(f"\ndatabase: {db}")
         print(f"try:      sqlite3 {db} 'SELECT name, kind, duration_ms FROM spans LIMIT 10'")
         print(f"          chainwatch traces --db {db}")
+        print(f"          chainwatch report --db {db} --html report.html")
     handler.shutdown()
-    return {"db": db, "summary": summary, "traces": count}
+    return {"db": db, "summary": summary, "traces": count, "report": report, "alerts": fired}
