@@ -127,7 +127,8 @@ def run_check(
         cur_ids = _trace_ids(conn, since=None, until=None, tags=tags, last_n=last_n)
     else:
         cur_ids = _trace_ids(conn, since=since, until=until, tags=tags)
-    cur_ids = [t for t in cur_ids if t not in set(base_ids)]
+    in_baseline = set(base_ids)
+    cur_ids = [t for t in cur_ids if t not in in_baseline]
     base, cur = drift._samples(conn, base_ids), drift._samples(conn, cur_ids)
     if mode == "simple":
         results = drift.compare_simple(base, cur)

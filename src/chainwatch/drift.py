@@ -254,7 +254,7 @@ def compare_samples(
                 continue  # the same calls as overall: testing them again adds nothing
             pending.append(_compare(segment, metric, base, cur, settings))
     tested = [d for d, joins in pending if joins]
-    adjusted = stats.holm([d.p_value or 1.0 for d in tested])
+    adjusted = stats.holm([1.0 if d.p_value is None else d.p_value for d in tested])
     by_id = {id(d): p for d, p in zip(tested, adjusted, strict=True)}
     out = []
     for drift, joins in pending:
