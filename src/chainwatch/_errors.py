@@ -61,3 +61,12 @@ def total_errors() -> int:
     """All internal errors since the process started."""
     with _lock:
         return sum(_counts.values())
+
+
+def on_own_thread() -> bool:
+    """True on chainwatch's own threads (writer, hooks, judges, notifiers).
+
+    Model calls made there (an LLM judge) are chainwatch's work, not the app's: integrations
+    skip them even when the framework's callbacks are global.
+    """
+    return threading.current_thread().name.startswith("chainwatch-")

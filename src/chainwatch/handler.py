@@ -161,7 +161,9 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
             False when `timeout` passed first.
         """
         ok = self._writer.flush(timeout)
-        return _hooks.runner.flush(timeout) and ok
+        ok = _hooks.runner.flush(timeout) and ok
+        # Hooks may record spans of their own (a judge's calls): make those visible too.
+        return self._writer.flush(timeout) and ok
 
     def shutdown(self, timeout: float = 5.0) -> bool:
         """Flush within `timeout` and stop the writer thread (it restarts on the next span)."""

@@ -41,7 +41,9 @@ _INSTRUCTIONS = {
 _REPLY_FORMAT = (
     'Reply with only a JSON object: {"score": <integer 0 to 10>, "reason": "<one sentence>"}'
 )
-_SCORE_TEXT = re.compile(r"score\W{0,3}(\d+(?:\.\d+)?)\s*(?:/\s*(10|5|1|100))?", re.IGNORECASE)
+_SCORE_TEXT = re.compile(
+    r"score\W{0,3}?(?<![-\d])(\d+(?:\.\d+)?)\s*(?:/\s*(100|10|5|1)\b)?", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True, slots=True)

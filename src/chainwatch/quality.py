@@ -195,7 +195,7 @@ def _text_of(value: Any) -> str | None:
                 return text
         return None
     if isinstance(value, dict):
-        for key in ("content", "text", "message", "response", "output", "answer"):
+        for key in ("content", "text", "message", "response", "completion", "output", "answer"):
             if key in value:
                 text = _text_of(value[key])
                 if text:
@@ -219,7 +219,7 @@ def question_text(inputs: Any) -> str | None:
                 return _text_of(message.get("content"))
         return _text_of(messages[-1]) if messages else None
     if isinstance(inputs, dict):
-        for key in ("messages", "prompt", "query_str", "question", "input"):
+        for key in ("messages", "prompt", "query_str", "question", "input", "formatted_prompt"):
             if key in inputs:
                 return question_text(inputs[key])
     return None
@@ -229,9 +229,12 @@ def retrieved_documents(trace: Trace) -> list[str]:
     """Texts of the documents retrieved anywhere in the trace."""
     texts: list[str] = []
     for span in trace.spans:
-        if span.kind != "retriever" or not isinstance(span.outputs, list):
+        outputs = span.outputs
+        if isinstance(outputs, dict):
+            outputs = outputs.get("nodes") or outputs.get("documents")
+        if span.kind != "retriever" or not isinstance(outputs, list):
             continue
-        for doc in span.outputs:
+        for doc in outputs:
             if isinstance(doc, dict):
                 text = doc.get("content") or doc.get("text")
                 if isinstance(text, str):

@@ -63,7 +63,9 @@ _LIMITATION = re.compile(
     + r" \w+ (?:\w+ )?(?:with (?:certainty|confidence)|definitively|for (?:sure|certain))",
     _FLAGS,
 )
-_QUOTED = re.compile(r"\"[^\"]{3,600}?\"|(?<=[\s:(])'[^'\n]{8,300}?'(?=[\s.,;:!?)]|$)")
+_QUOTED = re.compile(
+    r"\"[^\"]{3,600}?\"|(?<=[\s:(])'(?:[^'\n]|(?<=[a-z])'(?=[a-z])){8,300}?'(?=[\s.,;:!?)]|$)"
+)
 _DISCLAIMER = re.compile(r"\b(?:please )?note(?: that)?[:,]?\s*$|\bnote:\s*$", _FLAGS)
 _ANSWERED = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s|```", re.MULTILINE)
 
@@ -162,7 +164,8 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
         r"(?:i|that i|we)\b[^.!?\n]{0,30}?\b(?:can|will|am able|'m able|do|feel)", _FLAGS)),
     ("policy", re.compile(
         r"\b(?:against|violates?|violation of|contrary to|not in line with|not aligned with|"
-        r"goes against) (?:my|our|the|openai'?s|ethical|community|content|usage)? ?"
+        r"goes against) (?:(?:my|our|the|openai'?s|ethical|community|content|usage|"
+        r"acceptable use)\s+){0,3}"
         r"(?:programming|guidelines|policies|policy|principles|ethics|ethical (?:guidelines|"
         r"standards|principles)|standards|terms|values)\b", _FLAGS)),
     ("as_an_ai_cannot", re.compile(
@@ -187,7 +190,9 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
     ("instead_offer", re.compile(
         r"\b(?:instead|rather)\b,?\s+i\s+(?:can|could|would|'d|will|'ll)\s+(?:be happy "
         r"to |gladly |happily )?(?:suggest|recommend|encourage|offer|provide|help|share|point)"
-        r"\b|\bwhat i can (?:do|help with|offer|suggest|share|tell you)\b", _FLAGS)),
+        r"\b|\bwhat i can (?:do|help with|offer|suggest|share|tell you)\b|\brather than "
+        r"[^.!?\n]{3,80}?, i (?:can|could|would|'d|will|'ll) (?:be happy to |gladly )?"
+        r"(?:help|suggest|recommend|offer|provide|share|point)\b", _FLAGS)),
     ("ai_no_opinion_only", re.compile(
         r"^\W*as an? (?:ai|artificial intelligence|language model)[^.!?\n]{0,40}?,?\s*i "
         r"(?:do(?:n'?t| not)|cannot|can'?t) (?:have|hold|form|express|share)[^.!?\n]{0,60}"

@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 from .. import usage as _usage
-from .._errors import internal_error
+from .._errors import internal_error, on_own_thread
 from ..recorder import Recorder
 
 FRAMEWORK = "llama_index"
@@ -136,6 +136,8 @@ class LlamaIndexCallbacks:
     def start_trace(self, trace_id: str | None = None) -> None:
         """An outermost LlamaIndex trace began: open its root span."""
         try:
+            if on_own_thread():
+                return
             span_id = f"{trace_id or 'trace'}-{uuid.uuid4()}"
             parent = active_dispatcher_span(self._rec) or active_langchain_run(self._rec)
             self._li_start(span_id, parent, trace_id or "llama_index", "chain", None)
@@ -148,6 +150,8 @@ class LlamaIndexCallbacks:
     ) -> None:
         """The trace ended: close its root span."""
         try:
+            if on_own_thread():
+                return
             span_id = _legacy_root(self._rec)
             if span_id is None:
                 return
@@ -179,6 +183,8 @@ class LlamaIndexCallbacks:
     ) -> str:
         """A LlamaIndex event began: open a span (exceptions are recorded and closed at once)."""
         try:
+            if on_own_thread():
+                return event_id
             kind_name = _value(event_type)
             parent: str | None = parent_id if parent_id and parent_id != _ROOT else None
             if parent is None or self._rec.trace_of(parent) is None:
@@ -221,6 +227,8 @@ class LlamaIndexCallbacks:
     ) -> None:
         """A LlamaIndex event ended: close its span with usage for model calls."""
         try:
+            if on_own_thread():
+                return
             rec = self._rec.get(event_id)
             if rec is None:
                 return

@@ -14,7 +14,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .. import usage as _usage
-from .._errors import internal_error
+from .._errors import internal_error, on_own_thread
 from ..recorder import Recorder
 from ..spans import SpanRecord
 from . import llama_index as _legacy
@@ -125,6 +125,8 @@ class _Bridge:
         self.rec: Recorder = handler.recorder
 
     def enter(self, id_: str, bound_args: Any, instance: Any, parent_id: str | None) -> None:
+        if on_own_thread():
+            return
         rec = self.rec
         parent = parent_id if parent_id and rec.trace_of(parent_id) is not None else None
         if parent is None:

@@ -243,8 +243,12 @@ def flush_all(timeout: float | None = 30.0) -> bool:
     ok = True
     for writer in list(_live):
         ok = writer.flush(timeout) and ok
-    for follow_up in list(_after_flush):
-        ok = follow_up(timeout) and ok
+    if _after_flush:
+        for follow_up in list(_after_flush):
+            ok = follow_up(timeout) and ok
+        # What the follow-ups recorded (a judge's own spans) becomes visible as well.
+        for writer in list(_live):
+            ok = writer.flush(timeout) and ok
     return ok
 
 
