@@ -58,27 +58,38 @@ __all__ = [
     "evaluate",
 ]
 
-_dispatchers: dict[tuple[Path, tuple[int, ...]], Dispatcher] = {}
+_dispatchers: dict[tuple[Path, tuple[str, ...]], Dispatcher] = {}
 _lock = threading.Lock()
 
 
 def _dispatcher(path: Path, notifiers: Sequence[Notifier]) -> Dispatcher:
-    key = (path, tuple(id(n) for n in notifiers))
+    """One dispatcher (and one thread per notifier) per database and set of notifier names."""
+    key = (path, tuple(n.name for n in notifiers))
     with _lock:
         dispatcher = _dispatchers.get(key)
         if dispatcher is None:
             dispatcher = _dispatchers[key] = Dispatcher(notifiers, path)
+        else:
+            dispatcher.use(notifiers)
         return dispatcher
 
 
 def _check_rules(rules: Sequence[Rule]) -> list[Rule]:
-    names = [r.name for r in rules]
-    if len(set(names)) != len(names):
-        raise ValueError(f"alert rule names must be unique: {names}")
     for rule in rules:
         if not isinstance(rule, Rule):
             raise ValueError(f"alerts must be chainwatch.alerts.Rule objects, got {rule!r}")
+    names = [r.name for r in rules]
+    if len(set(names)) != len(names):
+        raise ValueError(f"alert rule names must be unique: {names}")
     return list(rules)
+
+
+def _check_notifiers(notifiers: Sequence[Any]) -> list[Notifier]:
+    chosen = [as_notifier(n) for n in notifiers]
+    names = [n.name for n in chosen]
+    if len(set(names)) != len(names):
+        raise ValueError(f"notifier names must be unique (pass name=...): {names}")
+    return chosen
 
 
 class AlertHook:
@@ -94,10 +105,7 @@ class AlertHook:
         min_interval_s: float = 1.0,
     ) -> None:
         self.rules = _check_rules(rules)
-        self.notifiers = [as_notifier(n) for n in notifiers]
-        names = [n.name for n in self.notifiers]
-        if len(set(names)) != len(names):
-            raise ValueError(f"notifier names must be unique (pass name=...): {names}")
+        self.notifiers = _check_notifiers(notifiers)
         self.min_interval_s = min_interval_s
         self._last = 0.0
         self.dispatcher: Dispatcher | None = None
@@ -136,7 +144,7 @@ def evaluate(
         The notifications queued by this evaluation.
     """
     rules = _check_rules(rules)
-    chosen = [as_notifier(n) for n in notifiers]
+    chosen = _check_notifiers(notifiers)
     store = queries.open_read(db)
     try:
         queued = _evaluate(store.conn, rules, [n.name for n in chosen], now_ns=now_ns)

@@ -96,6 +96,15 @@ class Dispatcher:
         self._pid = os.getpid()
         self._lock = threading.Lock()
 
+    def use(self, notifiers: Sequence[Notifier]) -> None:
+        """Deliver through these notifier objects from now on (same names, newer objects)."""
+        self.notifiers = list(notifiers)
+        with self._lock:
+            for notifier in notifiers:
+                worker = self._workers.get(notifier.name)
+                if worker is not None:
+                    worker.notifier = notifier
+
     def _worker(self, notifier: Notifier) -> _Worker:
         with self._lock:
             if self._pid != os.getpid():

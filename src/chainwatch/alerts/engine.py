@@ -7,6 +7,7 @@ database, the first to see a breach fires it and the others find it already firi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._errors import logger
 from ..store.rows import iso_time
 from .rules import Rule, labels_key, window_metrics
 
@@ -37,8 +39,11 @@ class Alert:
 
     @property
     def dedup_key(self) -> str:
-        """The same key for every event of one alert (PagerDuty's dedup_key)."""
-        return f"chainwatch:{self.rule}:{labels_key(self.labels)}"
+        """The same key for every event of one alert (PagerDuty's, at most 255 characters)."""
+        key = f"chainwatch:{self.rule}:{labels_key(self.labels)}"
+        if len(key) <= 255:
+            return key
+        return "chainwatch:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
 
     def summary(self) -> str:
         """One line for humans."""
@@ -122,12 +127,26 @@ def _step(
     state, consecutive, active_since, fired_at, last_notified = row or (
         "inactive", 0, None, None, None
     )
-    breached = rule.breached(metrics)
+    try:
+        breached = rule.breached(metrics)
+    except Exception as exc:
+        logger.warning("chainwatch alert rule %s failed, treated as no data: %r", rule.name, exc)
+        breached = None
     value = _value(rule, metrics)
     transition = None
     resolved_at = None
+    # A firing alert whose data went missing keeps its incident (and its cooldown).
+    was_firing = state == "firing" or (state == "no_data" and active_since is not None
+                                       and fired_at is not None)
     if breached is None:
         state, consecutive = "no_data", 0
+        if not was_firing:
+            active_since = None
+    elif breached and was_firing:
+        consecutive += 1
+        state = "firing"
+        if _due(last_notified, now, rule.cooldown_minutes):
+            transition = "repeat"
     elif breached:
         consecutive += 1
         if state != "firing":
@@ -139,7 +158,7 @@ def _step(
         elif _due(last_notified, now, rule.cooldown_minutes):
             transition = "repeat"
     else:
-        if state == "firing":
+        if was_firing:
             state, transition, resolved_at = "resolved", "resolved", stamp
         elif state in ("pending", "no_data"):
             state = "inactive"

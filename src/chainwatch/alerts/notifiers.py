@@ -50,16 +50,27 @@ class RetryPolicy:
 
 
 def _retry_after(value: str | None, cap: float) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or an HTTP date); None if unreadable."""
     if not value:
         return None
     try:
         seconds = float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
         if parsed is None:
             return None
         seconds = parsed.timestamp() - time.time()
+    if seconds != seconds:  # NaN
+        return None
     return max(0.0, min(seconds, cap))
+
+
+def _slack_escape(text: str) -> str:
+    """Slack's control characters as entities, so names cannot ping or link."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _check_url(url: str) -> urllib.parse.SplitResult:
@@ -166,16 +177,17 @@ class SlackNotifier(_HttpNotifier):
             {"type": "header", "text": {"type": "plain_text", "text": title[:150]}}
         ]
         for alert in alerts[: _SLACK_BLOCK_LIMIT - 2]:
-            text = f"*{alert.summary()}*"
+            text = f"*{_slack_escape(alert.summary())}*"
             if alert.description:
-                text += f"\n{alert.description}"
+                text += f"\n{_slack_escape(alert.description)}"
             blocks.append({"type": "section",
                            "text": {"type": "mrkdwn", "text": text[:_SLACK_TEXT_LIMIT]}})
         if len(alerts) > _SLACK_BLOCK_LIMIT - 2:
             more = len(alerts) - (_SLACK_BLOCK_LIMIT - 2)
             blocks.append({"type": "context",
                            "elements": [{"type": "mrkdwn", "text": f"and {more} more"}]})
-        text = "\n".join([title, *(a.summary() for a in alerts)])[:_SLACK_TEXT_LIMIT]
+        text = "\n".join([title, *(_slack_escape(a.summary()) for a in alerts)])
+        text = text[:_SLACK_TEXT_LIMIT]
         return {"text": text, "blocks": blocks}
 
     def deliver(self, alerts: Sequence[Alert]) -> list[Delivery]:
