@@ -215,6 +215,44 @@ def _convert(obj: Any, limit: int) -> tuple[Any, int]:
         return f"<unserialisable {type(obj).__name__}: {type(exc).__name__}>", 0
 
 
+_PLAIN = (str, int, float, bool, type(None))
+_PLAIN_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+
+
+def _fast_json(obj: Any, limit: int) -> str | None:
+    """The C encoder straight away when that is already right; None sends it the long way.
+
+    Right means: plain types only (framework objects are converted by `default`), no NaN, no
+    cycle, no lone surrogate, and short enough that nothing needs cutting.
+    """
+    kind = type(obj)
+    if kind is str:
+        if len(obj) > limit:
+            return None
+    elif kind is not dict and kind is not list and kind not in _PLAIN:
+        return None
+    converter = None
+    try:
+        text = _PLAIN_ENCODER.encode(obj)
+    except TypeError:
+        # Framework objects inside plain containers: let the converter shape them.
+        converter = _Converter(limit)
+        try:
+            text = json.dumps(obj, ensure_ascii=False, allow_nan=False, default=converter.convert)
+        except (TypeError, ValueError, RecursionError):
+            return None
+    except (ValueError, RecursionError):
+        return None
+    if len(text) > limit or (converter is not None and converter.cut):
+        return None
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+    return text
+
+
 def to_json(obj: Any, limit: int = DEFAULT_MAX_CHARS) -> str | None:
     """Bounded JSON text for `obj`; `None` stays SQL NULL.
 
@@ -223,6 +261,9 @@ def to_json(obj: Any, limit: int = DEFAULT_MAX_CHARS) -> str | None:
     """
     if obj is None:
         return None
+    fast = _fast_json(obj, limit)
+    if fast is not None:
+        return fast
     value, cut = _convert(obj, limit)
     text = json.dumps(value, ensure_ascii=False, allow_nan=False)
     for smaller in (limit // 8, limit // 64, 100):

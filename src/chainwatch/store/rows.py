@@ -32,10 +32,18 @@ class RowSettings:
     prices: pricing.PriceTable = field(default_factory=dict)
 
 
+_second_cache: list[Any] = [None, ""]
+
+
 def iso_time(ns: int) -> str:
     """ISO 8601 UTC with microseconds, e.g. 2026-11-27T09:20:01.123456+00:00."""
     seconds, rest = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1000:06d}+00:00"
+    cache = _second_cache
+    if cache[0] != seconds:
+        # Spans written together mostly share their second: format it once.
+        cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        cache[0] = seconds
+    return f"{cache[1]}.{rest // 1000:06d}+00:00"
 
 
 def _text(value: Any, limit: int) -> str | None:
@@ -100,8 +108,8 @@ def span_row(rec: SpanRecord, settings: RowSettings) -> tuple[Any, ...]:
         _text(rec.finish_reason, 100),
         to_json(rec.inputs, limit) if settings.capture_inputs else None,
         to_json(rec.outputs, limit) if settings.capture_outputs else None,
-        to_json(rec.tags or [], limit),
-        to_json(metadata, limit),
+        to_json(rec.tags, limit) if rec.tags else "[]",
+        to_json(metadata, limit) if metadata else "{}",
         _text(rec.user_id, 500),
         _text(rec.session_id, 500),
         _text(rec.usage_note, 500),
