@@ -20,6 +20,7 @@ from .store import queries
 from .store.queries import percentile
 
 _BATCH_MAX = 100_000
+_SERIES_POINTS = 5_000
 _batch_lock = threading.Lock()
 _batches: dict[Path, collections.deque[str]] = {}
 
@@ -168,11 +169,6 @@ class ReportData(BaseModel):
     generated_at: str = ""
 
 
-def _scope_ids(conn: Any, where: list[str], params: list[Any]) -> list[str]:
-    sql = f"SELECT trace_id FROM spans WHERE span_id = trace_id AND {' AND '.join(where)}"
-    return [r[0] for r in conn.execute(sql, params).fetchall()]
-
-
 def _filters(
     since: str | None, until: str | None, tags: list[str] | None, session_id: str | None,
     user_id: str | None, name: str | None,
@@ -194,115 +190,168 @@ def _filters(
     return where, params
 
 
+_CALLS = "FROM _calls s WHERE 1"
+
+
+_ROOT_COLUMNS = "trace_id, name, status, start_time, duration_ms, error"
+
+
+def _fill_scope(conn: Any, trace_ids: list[str] | None, where: str, params: list[Any]) -> None:
+    """The roots in scope, once, in a temp table every section joins against."""
+    conn.execute("DROP TABLE IF EXISTS temp._scope")
+    conn.execute(
+        "CREATE TEMP TABLE _scope (trace_id TEXT PRIMARY KEY, name TEXT, status TEXT, "
+        "start_time TEXT, duration_ms REAL, error TEXT)"
+    )
+    if trace_ids is not None:
+        conn.execute(
+            f"INSERT OR IGNORE INTO _scope SELECT {_ROOT_COLUMNS} FROM spans "
+            "WHERE span_id IN (SELECT value FROM json_each(?)) AND span_id = trace_id",
+            [json.dumps(trace_ids)],
+        )
+    else:
+        conn.execute(
+            f"INSERT OR IGNORE INTO _scope SELECT {_ROOT_COLUMNS} FROM spans "
+            f"WHERE span_id = trace_id AND {where}", params,
+        )
+
+
 def build(
-    conn: Any, trace_ids: list[str], scope: Scope, *, model: str | None = None, top: int = 5
+    conn: Any, trace_ids: list[str] | None, scope: Scope, *, model: str | None = None,
+    top: int = 5, where: str = "1", params: list[Any] | None = None,
 ) -> ReportData:
-    """Compute every section for these traces (optionally only one model's calls)."""
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS _scope (trace_id TEXT PRIMARY KEY)")
-    conn.execute("DELETE FROM _scope")
-    conn.executemany("INSERT OR IGNORE INTO _scope VALUES (?)", [(t,) for t in trace_ids])
+    """Compute every section for the traces in scope (optionally only one model's calls).
+
+    Aggregates run in SQLite; Python only sorts the latencies it needs for percentiles.
+    """
+    _fill_scope(conn, trace_ids, where, params or [])
+    scope.traces = conn.execute("SELECT COUNT(*) FROM _scope").fetchone()[0]
     model_sql, model_params = ("AND s.model = ?", [model]) if model else ("", [])
-    calls = conn.execute(
-        "SELECT s.span_id, s.trace_id, s.model, r.name, s.duration_ms, s.ttft_ms, "
-        "s.prompt_tokens, s.completion_tokens, s.total_tokens, s.cost_usd, s.status, s.error, "
-        "s.end_time FROM _scope c JOIN spans s ON s.trace_id = c.trace_id "
-        "JOIN spans r ON r.span_id = s.trace_id "
-        f"WHERE s.kind = 'llm' AND s.counts_usage = 1 {model_sql} ORDER BY s.end_time",
+    # The model calls in scope, once: every aggregate below scans this small table.
+    conn.execute("DROP TABLE IF EXISTS temp._calls")
+    conn.execute(
+        "CREATE TEMP TABLE _calls AS SELECT s.trace_id, s.model, c.name AS chain, "
+        "s.duration_ms, s.ttft_ms, s.prompt_tokens, s.completion_tokens, s.total_tokens, "
+        "s.cost_usd, s.status, s.end_time FROM _scope c JOIN spans s ON s.trace_id = "
+        f"c.trace_id AND s.kind = 'llm' WHERE s.counts_usage = 1 {model_sql}",
         model_params,
+    )
+    calls, model_params = _CALLS, []
+    data = ReportData(scope=scope, summary=_summary(conn, calls, model_params))
+    data.by_model = _breakdown(conn, calls, model_params, "s.model", "")
+    data.by_chain = _breakdown(conn, calls, model_params, "s.chain", "")
+    roots = (
+        "SELECT r.trace_id, r.name, r.status, r.start_time, r.duration_ms, r.error, "
+        "(SELECT SUM(x.total_tokens) FROM _calls x WHERE x.trace_id = r.trace_id), "
+        "(SELECT SUM(x.cost_usd) FROM _calls x WHERE x.trace_id = r.trace_id) FROM ({}) r"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS temp._calls_trace ON _calls (trace_id)")
+    data.slowest = _rows(conn, roots.format(
+        "SELECT * FROM _scope ORDER BY duration_ms DESC LIMIT ?"), [top])
+    expensive = conn.execute(
+        "SELECT s.trace_id FROM _calls s WHERE s.cost_usd IS NOT NULL GROUP BY s.trace_id "
+        "ORDER BY SUM(s.cost_usd) DESC LIMIT ?", [top],
     ).fetchall()
-    roots = conn.execute(
-        "SELECT r.trace_id, r.name, r.status, r.start_time, r.duration_ms, r.error "
-        "FROM _scope c JOIN spans r ON r.span_id = c.trace_id"
-    ).fetchall()
-    data = ReportData(scope=scope, summary=_summary(calls, roots))
-    data.by_model = _breakdown(calls, 2)
-    data.by_chain = _breakdown(calls, 3)
-    totals = _trace_totals(calls)
-    rows = [
-        TraceRow(trace_id=t, name=n, status=s, start_time=st, duration_ms=d,
-                 total_tokens=totals.get(t, (None, None))[0], cost_usd=totals.get(t, (None,
-                 None))[1], error=e)
-        for t, n, s, st, d, e in roots
-    ]
-    data.slowest = sorted(rows, key=lambda r: -(r.duration_ms or 0))[:top]
-    priced = [r for r in rows if r.cost_usd is not None]
-    data.most_expensive = sorted(priced, key=lambda r: -(r.cost_usd or 0))[:top]
-    data.failed = sorted((r for r in rows if r.status == "error"),
-                         key=lambda r: r.start_time, reverse=True)[: top * 2]
+    ranked = {t: i for i, (t,) in enumerate(expensive)}
+    rows = _rows(conn, roots.format(
+        "SELECT * FROM _scope WHERE trace_id IN (SELECT value FROM json_each(?))"),
+        [json.dumps(list(ranked))])
+    data.most_expensive = sorted(rows, key=lambda r: ranked[r.trace_id])
+    data.failed = _rows(conn, roots.format(
+        "SELECT * FROM _scope WHERE status = 'error' ORDER BY start_time DESC LIMIT ?"),
+        [top * 2])
     data.errors = _errors(conn)
-    data.quality = _quality(conn, model_sql, model_params)
+    data.quality = _quality(conn, model_sql, [model] if model else [])
     data.drift = _drift(conn, scope)
     data.alerts = _alerts(conn, scope)
-    data.series = Series(
-        latencies_ms=[c[4] for c in calls if c[4] is not None],
-        times=[c[12] for c in calls],
-        tokens=[c[8] for c in calls],
-        durations_ms=[c[4] for c in calls],
-    )
+    data.series = _series(conn, calls, model_params)
     data.generated_at = queries.iso_time(time.time_ns())
     return data
 
 
-def _summary(calls: list[tuple[Any, ...]], roots: list[tuple[Any, ...]]) -> Summary:
-    durations = sorted(c[4] for c in calls if c[4] is not None)
-    ttfts = sorted(c[5] for c in calls if c[5] is not None)
-    tokens = [c[8] for c in calls if c[8] is not None]
-    costs = [c[9] for c in calls if c[9] is not None]
-    errors = sum(1 for c in calls if c[10] == "error")
-    n = len(calls)
+def _rows(conn: Any, sql: str, params: list[Any]) -> list[TraceRow]:
+    return [
+        TraceRow(trace_id=t, name=n, status=s, start_time=st, duration_ms=d, error=e,
+                 total_tokens=tokens, cost_usd=cost)
+        for t, n, s, st, d, e, tokens, cost in conn.execute(sql, params).fetchall()
+    ]
+
+
+def _summary(conn: Any, calls: str, params: list[Any]) -> Summary:
+    n, errors, tokens, tokens_known, cost, cost_known, unpriced = conn.execute(
+        "SELECT COUNT(*), SUM(s.status = 'error'), SUM(s.total_tokens), COUNT(s.total_tokens), "
+        "SUM(s.cost_usd), COUNT(s.cost_usd), SUM(s.cost_usd IS NULL AND s.status = 'ok') "
+        + calls, params,
+    ).fetchone()
+    durations = sorted(v for (v,) in conn.execute(
+        "SELECT s.duration_ms " + calls + " AND s.duration_ms IS NOT NULL", params))
+    ttfts = sorted(v for (v,) in conn.execute(
+        "SELECT s.ttft_ms " + calls + " AND s.ttft_ms IS NOT NULL", params))
+    traces, failed = conn.execute(
+        "SELECT COUNT(*), SUM(status = 'error') FROM _scope"
+    ).fetchone()
     return Summary(
-        traces=len(roots),
+        traces=traces,
         llm_calls=n,
         latency_p50_ms=percentile(durations, 50),
         latency_p95_ms=percentile(durations, 95),
         latency_p99_ms=percentile(durations, 99),
         ttft_p50_ms=percentile(ttfts, 50),
         ttft_p95_ms=percentile(ttfts, 95),
-        avg_tokens=sum(tokens) / len(tokens) if tokens else None,
-        total_tokens=sum(tokens) if tokens else None,
-        total_cost_usd=sum(costs) if costs else None,
-        unpriced_calls=sum(1 for c in calls if c[9] is None and c[10] == "ok"),
-        error_rate=errors / n if n else None,
-        errors=errors,
-        trace_error_rate=(sum(1 for r in roots if r[2] == "error") / len(roots)) if roots else None,
+        avg_tokens=tokens / tokens_known if tokens_known else None,
+        total_tokens=tokens if tokens_known else None,
+        total_cost_usd=cost if cost_known else None,
+        unpriced_calls=unpriced or 0,
+        error_rate=(errors or 0) / n if n else None,
+        errors=errors or 0,
+        trace_error_rate=(failed or 0) / traces if traces else None,
     )
 
 
-def _sum(values: list[Any]) -> Any:
-    known = [v for v in values if v is not None]
-    return sum(known) if known else None
-
-
-def _breakdown(calls: list[tuple[Any, ...]], column: int) -> list[Breakdown]:
-    groups: dict[str, list[tuple[Any, ...]]] = {}
-    for call in calls:
-        groups.setdefault(call[column] or "unknown", []).append(call)
+def _breakdown(
+    conn: Any, calls: str, params: list[Any], key: str, join: str
+) -> list[Breakdown]:
+    body = calls.replace("WHERE", f"{join} WHERE", 1) if join else calls
+    groups = conn.execute(
+        f"SELECT COALESCE({key}, 'unknown'), COUNT(*), SUM(s.prompt_tokens), "
+        "SUM(s.completion_tokens), SUM(s.total_tokens), SUM(s.cost_usd), "
+        f"SUM(s.status = 'error') {body} GROUP BY 1", params,
+    ).fetchall()
+    latencies: dict[str, list[float]] = {}
+    for group, duration in conn.execute(
+        f"SELECT COALESCE({key}, 'unknown'), s.duration_ms {body} AND s.duration_ms IS NOT NULL",
+        params,
+    ):
+        latencies.setdefault(group, []).append(duration)
     out = [
-        Breakdown(
-            key=key, calls=len(members), prompt_tokens=_sum([m[6] for m in members]),
-            completion_tokens=_sum([m[7] for m in members]),
-            total_tokens=_sum([m[8] for m in members]), cost_usd=_sum([m[9] for m in members]),
-            latency_p95_ms=percentile(sorted(m[4] for m in members if m[4] is not None), 95),
-            errors=sum(1 for m in members if m[10] == "error"),
-        )
-        for key, members in groups.items()
+        Breakdown(key=g, calls=n, prompt_tokens=p, completion_tokens=c, total_tokens=t,
+                  cost_usd=cost, errors=errors or 0,
+                  latency_p95_ms=percentile(sorted(latencies.get(g, [])), 95))
+        for g, n, p, c, t, cost, errors in groups
     ]
     return sorted(out, key=lambda b: (-(b.cost_usd or 0), -b.calls, b.key))
 
 
-def _trace_totals(calls: list[tuple[Any, ...]]) -> dict[str, tuple[int | None, float | None]]:
-    grouped: dict[str, list[tuple[Any, ...]]] = {}
-    for call in calls:
-        grouped.setdefault(call[1], []).append(call)
-    return {t: (_sum([c[8] for c in cs]), _sum([c[9] for c in cs])) for t, cs in grouped.items()}
+def _series(conn: Any, calls: str, params: list[Any]) -> Series:
+    """An even sample of the calls, in time order: charts need the shape, not every point."""
+    total = conn.execute("SELECT COUNT(*) " + calls, params).fetchone()[0]
+    step = max(1, total // _SERIES_POINTS)
+    rows = conn.execute(
+        "SELECT s.end_time, s.total_tokens, s.duration_ms " + calls
+        + " AND s.duration_ms IS NOT NULL ORDER BY s.end_time", params,
+    ).fetchall()[::step]
+    return Series(latencies_ms=[r[2] for r in rows], times=[r[0] for r in rows],
+                  tokens=[r[1] for r in rows], durations_ms=[r[2] for r in rows])
 
 
 def _errors(conn: Any) -> list[ErrorGroup]:
-    rows = conn.execute(
-        "SELECT s.error, s.trace_id FROM _scope c JOIN spans s ON s.trace_id = c.trace_id "
-        "WHERE s.status = 'error' AND s.error IS NOT NULL AND NOT EXISTS (SELECT 1 FROM spans k "
-        "WHERE k.parent_id = s.span_id AND k.status = 'error' AND k.error = s.error)"
+    failed = conn.execute(
+        "SELECT s.span_id, s.parent_id, s.error, s.trace_id FROM _scope c JOIN spans s "
+        "ON s.trace_id = c.trace_id AND s.status = 'error' WHERE s.error IS NOT NULL"
     ).fetchall()
+    # An exception propagating up marks every ancestor: count it once, where it was raised.
+    passed_up = {(parent, error) for _, parent, error, _ in failed}
+    rows = [(error, trace) for span, _, error, trace in failed if (span, error) not in passed_up]
     groups: dict[str, ErrorGroup] = {}
     for error, trace_id in rows:
         kind = error.split(":", 1)[0]
@@ -315,10 +364,11 @@ def _errors(conn: Any) -> list[ErrorGroup]:
 
 
 def _quality(conn: Any, model_sql: str, params: list[Any]) -> Quality | None:
+    join = "JOIN spans s ON s.span_id = q.span_id" if model_sql else ""
     row = conn.execute(
         "SELECT COUNT(*), AVG(q.has_refusal), AVG(q.has_hedging), AVG(q.sentiment_score), "
-        "AVG(q.groundedness) FROM _scope c JOIN quality q ON q.trace_id = c.trace_id "
-        f"JOIN spans s ON s.span_id = q.span_id WHERE 1 {model_sql}",
+        f"AVG(q.groundedness) FROM _scope c JOIN quality q ON q.trace_id = c.trace_id {join} "
+        f"WHERE 1 {model_sql}",
         params,
     ).fetchone()
     judges = dict(conn.execute(
@@ -398,13 +448,13 @@ def compute(
             if not filtered:
                 since_iso = queries.to_iso("24h")
             where, params = _filters(since_iso, until_iso, tags, session_id, user_id, name)
-            ids = _scope_ids(conn, where, params)
+            ids = None
             parts = [f"{k}={v}" for k, v in (("since", since_iso), ("until", until_iso),
                      ("tags", tags), ("session", session_id), ("user", user_id),
                      ("model", model), ("name", name)) if v]
             description = "traces with " + ", ".join(parts) if parts else "all traces"
-        scope = Scope(description=description, since=since_iso, until=until_iso,
-                      traces=len(ids), db=str(path))
-        return build(conn, ids, scope, model=model, top=top)
+        scope = Scope(description=description, since=since_iso, until=until_iso, db=str(path))
+        return build(conn, ids, scope, model=model, top=top, where=" AND ".join(where),
+                     params=params)
     finally:
         store.conn.close()

@@ -276,3 +276,17 @@ def m005_alerts(db: Database) -> None:
     )
     db["alert_notifications"].create_index(["rule", "labels"])  # type: ignore[union-attr]
     db["alert_notifications"].create_index(["created_at"])  # type: ignore[union-attr]
+
+
+@migrations()
+def m006_read_indexes(db: Database) -> None:
+    """Indexes for reports: roots by start time, and a trace's spans by kind."""
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS idx_spans_roots_start ON spans (start_time) "
+        "WHERE span_id = trace_id"
+    )
+    db["spans"].create_index(["trace_id", "kind"])  # type: ignore[union-attr]
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS idx_spans_errors ON spans (trace_id) WHERE status = 'error'"
+    )
+    db.execute("DROP INDEX IF EXISTS idx_spans_trace_id")
