@@ -145,7 +145,9 @@ TRACES_VIEW_COLUMNS = [
 ]
 
 INDEXES = {
-    "idx_spans_trace_id": ("spans", ["trace_id"], 0),
+    "idx_spans_trace_id_kind": ("spans", ["trace_id", "kind"], 0),
+    "idx_spans_roots_start": ("spans", ["start_time"], 0),
+    "idx_spans_errors": ("spans", ["trace_id"], 0),
     "idx_spans_start_time": ("spans", ["start_time"], 0),
     "idx_spans_kind_end_time": ("spans", ["kind", "end_time"], 0),
     "idx_span_events_span_id": ("span_events", ["span_id"], 0),
