@@ -148,9 +148,7 @@ INDEXES = {
     "idx_spans_trace_id_kind": ("spans", ["trace_id", "kind"], 0),
     "idx_spans_roots_start": ("spans", ["start_time"], 0),
     "idx_spans_errors": ("spans", ["trace_id"], 0),
-    "idx_spans_start_time": ("spans", ["start_time"], 0),
     "idx_spans_kind_end_time": ("spans", ["kind", "end_time"], 0),
-    "idx_span_events_span_id": ("span_events", ["span_id"], 0),
     "idx_span_events_trace_id": ("span_events", ["trace_id"], 0),
     "idx__sqlite_migrations_migration_set_name": (
         "_sqlite_migrations",

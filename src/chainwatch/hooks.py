@@ -28,6 +28,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.db = database.connect(path)
+        self._buffer: dict[str, list[Sequence[Any]]] | None = None
 
     @property
     def conn(self) -> Any:
@@ -39,14 +40,41 @@ class Store:
         spans = queries.span_rows(self.db, trace_id)
         return Trace(spans, queries.event_rows(self.db, spans[0].trace_id))
 
+    def traces(self, trace_ids: Sequence[str]) -> dict[str, Trace]:
+        """Load several stored traces with two queries."""
+        spans = queries.spans_of_traces(self.db, trace_ids)
+        events = queries.events_of_traces(self.db, list(spans))
+        return {t: Trace(s, events.get(t, [])) for t, s in spans.items()}
+
     def write(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        """Run `sql` for each row in one `BEGIN IMMEDIATE` transaction."""
+        """Run `sql` for each row in one `BEGIN IMMEDIATE` transaction.
+
+        While the hook thread runs a batch of traces, writes are collected and committed
+        together once each hook has seen the whole batch.
+        """
         if not rows:
             return
+        if self._buffer is not None:
+            self._buffer.setdefault(sql, []).extend(rows)
+            return
+        self._commit({sql: list(rows)})
+
+    def buffered(self) -> None:
+        """Collect writes until `commit_buffer()`."""
+        self._buffer = {}
+
+    def commit_buffer(self) -> None:
+        """Write what was collected, in one transaction."""
+        pending, self._buffer = self._buffer or {}, None
+        if pending:
+            self._commit(pending)
+
+    def _commit(self, batches: dict[str, list[Sequence[Any]]]) -> None:
         conn = self.db.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(sql, rows)
+            for sql, rows in batches.items():
+                conn.executemany(sql, rows)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -80,31 +108,51 @@ _HOOK_RUN_SQL = (
 
 def run_hooks(hooks: Sequence[Hook], trace_id: str, store: Store) -> list[tuple[str, str]]:
     """Run `hooks` on one stored trace, isolating each; returns (hook, status) pairs."""
-    try:
-        trace = store.trace(trace_id)
-    except LookupError:
-        return []
-    results = []
+    return run_batch(hooks, [trace_id], store).get(trace_id, [])
+
+
+def run_batch(
+    hooks: Sequence[Hook], trace_ids: Sequence[str], store: Store
+) -> dict[str, list[tuple[str, str]]]:
+    """Run `hooks` on several stored traces, hook by hook, isolating every run.
+
+    Each hook sees every trace of the batch before the next hook starts, and its writes (and
+    the `hook_runs` rows) are committed in one transaction before the next hook runs, so a
+    later hook reads what an earlier one stored.
+    """
+    loaded = store.traces(trace_ids)
+    traces = {t: loaded[t] for t in dict.fromkeys(trace_ids) if t in loaded}
+    results: dict[str, list[tuple[str, str]]] = {t: [] for t in traces}
     for hook in hooks:
         name = hook_name(hook)
-        started = time.time_ns()
-        t0 = time.perf_counter()
-        error = None
+        runs = []
+        store.buffered()
         try:
-            hook(trace, store)
-        except Exception as exc:
-            error = describe_exception(exc)
-            logger.warning("chainwatch hook %s failed on trace %s: %s", name, trace_id, error)
-        duration_ms = (time.perf_counter() - t0) * 1000
-        status = "ok" if error is None else "error"
-        try:
-            store.write(
-                _HOOK_RUN_SQL, [(name, trace_id, status, iso_time(started), duration_ms, error)]
-            )
-        except Exception as exc:
-            internal_error("hooks.record", exc)
-        results.append((name, status))
+            for trace_id, trace in traces.items():
+                started = time.time_ns()
+                t0 = time.perf_counter()
+                error = None
+                try:
+                    hook(trace, store)
+                except Exception as exc:
+                    error = describe_exception(exc)
+                    logger.warning("chainwatch hook %s failed on trace %s: %s", name, trace_id,
+                                   error)
+                duration_ms = (time.perf_counter() - t0) * 1000
+                status = "ok" if error is None else "error"
+                runs.append((name, trace_id, status, iso_time(started), duration_ms, error))
+                results[trace_id].append((name, status))
+        finally:
+            try:
+                store.write(_HOOK_RUN_SQL, runs)
+                store.commit_buffer()
+            except Exception as exc:
+                store._buffer = None
+                internal_error("hooks.record", exc)
     return results
+
+
+_BATCH = 200
 
 
 class _Job:
@@ -175,18 +223,30 @@ class HookRunner:
             self._wake.wait(0.5)
             self._wake.clear()
             while self._queue:
-                item = self._queue.popleft()
-                if isinstance(item, threading.Event):
-                    item.set()
-                    continue
-                try:
-                    run_hooks(item.hooks, item.trace_id, self._store(item.path))
-                    self.runs += 1
-                except Exception as exc:
+                batch: list[_Job] = []
+                marker = None
+                while self._queue and len(batch) < _BATCH:
+                    item = self._queue.popleft()
+                    if isinstance(item, threading.Event):
+                        marker = item
+                        break
+                    batch.append(item)
+                # Traces of one handler (same hooks, same file) run together.
+                groups: dict[tuple[int, Path], list[_Job]] = {}
+                for job in batch:
+                    groups.setdefault((id(job.hooks), job.path), []).append(job)
+                for jobs in groups.values():
                     try:
-                        internal_error("hooks.run", exc)
-                    except BaseException:
-                        pass
+                        store = self._store(jobs[0].path)
+                        run_batch(jobs[0].hooks, [j.trace_id for j in jobs], store)
+                        self.runs += len(jobs)
+                    except Exception as exc:
+                        try:
+                            internal_error("hooks.run", exc)
+                        except BaseException:
+                            pass
+                if marker is not None:
+                    marker.set()
 
 
 runner = HookRunner()
@@ -236,8 +296,8 @@ def analyze(
                 store.db, since=queries.to_iso(since), until=queries.to_iso(until), limit=None
             )
             trace_ids = [row["trace_id"] for row in reversed(rows)]
-        for trace_id in trace_ids:
-            run_hooks(hooks, trace_id, store)
+        for start in range(0, len(trace_ids), _BATCH):
+            run_batch(hooks, trace_ids[start: start + _BATCH], store)
         return len(trace_ids)
     finally:
         store.close()

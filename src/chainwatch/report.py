@@ -19,29 +19,44 @@ from pydantic import BaseModel, Field
 from .store import queries
 from .store.queries import percentile
 
-_BATCH_MAX = 100_000
+_BATCH_MAX = 1_000
 _SERIES_POINTS = 5_000
 _batch_lock = threading.Lock()
-_batches: dict[Path, collections.deque[str]] = {}
+_batches: dict[Path, "_Batch"] = {}
+
+
+class _Batch:
+    """The traces this process completed since the last report: ids, or past 1,000 a count."""
+
+    __slots__ = ("count", "ids")
+
+    def __init__(self) -> None:
+        self.ids: collections.deque[str] = collections.deque(maxlen=_BATCH_MAX)
+        self.count = 0
 
 
 def note_trace(path: Path, trace_id: str) -> None:
     """Remember a trace this process completed (the default scope of the next report).
 
-    Bounded: only the newest 100,000 traces are kept, so memory stays flat without reports.
+    Memory stays flat: past 1,000 traces only the oldest id is kept, and the report then covers
+    every trace since that one started.
     """
     batch = _batches.get(path)
     if batch is None:
         with _batch_lock:
-            batch = _batches.setdefault(path, collections.deque(maxlen=_BATCH_MAX))
-    batch.append(trace_id)
+            batch = _batches.setdefault(path, _Batch())
+    if batch.count < _BATCH_MAX:
+        batch.ids.append(trace_id)
+    batch.count += 1
 
 
-def take_batch(path: Path) -> list[str]:
-    """The traces completed since the last report of `path`, forgetting them."""
+def take_batch(path: Path) -> tuple[list[str], int]:
+    """The traces completed since the last report of `path` (ids, and how many), forgetting."""
     with _batch_lock:
         batch = _batches.pop(path, None)
-    return list(batch) if batch else []
+    if batch is None:
+        return [], 0
+    return list(batch.ids), batch.count
 
 
 class Scope(BaseModel):
@@ -435,15 +450,19 @@ def compute(
         conn = store.conn
         filtered = any(v is not None for v in (since, until, tags, session_id, user_id, name))
         since_iso, until_iso = queries.to_iso(since), queries.to_iso(until)
-        batch = [] if filtered else take_batch(path)
+        batch, count = ([], 0) if filtered else take_batch(path)
+        where, params = ["1"], []
         if batch:
-            description = f"the last batch recorded by this process ({len(batch)} traces)"
-            ids = batch
+            description = f"the last batch recorded by this process ({count} traces)"
             first = conn.execute(
                 "SELECT MIN(start_time) FROM spans WHERE trace_id IN (SELECT value FROM "
                 "json_each(?))", [json.dumps(batch)],
             ).fetchone()[0]
             since_iso = first
+            ids: list[str] | None = batch
+            if count > len(batch):
+                # A long batch: every trace since its first one started.
+                ids, where, params = None, ["start_time >= ?"], [first]
         else:
             if not filtered:
                 since_iso = queries.to_iso("24h")

@@ -290,3 +290,6 @@ def m006_read_indexes(db: Database) -> None:
         "CREATE INDEX IF NOT EXISTS idx_spans_errors ON spans (trace_id) WHERE status = 'error'"
     )
     db.execute("DROP INDEX IF EXISTS idx_spans_trace_id")
+    # Every read by start time is a read of roots (the partial index); events are read by trace.
+    db.execute("DROP INDEX IF EXISTS idx_spans_start_time")
+    db.execute("DROP INDEX IF EXISTS idx_span_events_span_id")

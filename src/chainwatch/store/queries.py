@@ -159,15 +159,50 @@ def span_rows(db: Any, trace_or_span_id: str) -> list[Span]:
     cursor = conn.execute(
         "SELECT * FROM spans WHERE trace_id = ? ORDER BY start_time, rowid", [found[0]]
     )
+    return _spans(cursor)
+
+
+_SPAN_FIELDS = frozenset(Span.__dataclass_fields__)
+
+
+def _spans(cursor: Any) -> list[Span]:
     names = [d[0] for d in cursor.description]
-    fields = set(Span.__dataclass_fields__)
     spans = []
     for values in cursor.fetchall():
         row = _decode(dict(zip(names, values, strict=True)))
         row["tags"] = row.get("tags") or []
         row["metadata"] = row.get("metadata") or {}
-        spans.append(Span(**{k: v for k, v in row.items() if k in fields}))
+        spans.append(Span(**{k: v for k, v in row.items() if k in _SPAN_FIELDS}))
     return spans
+
+
+def spans_of_traces(db: Any, trace_ids: Sequence[str]) -> dict[str, list[Span]]:
+    """The spans of several traces in one query, by trace, each in start order."""
+    cursor = db.conn.execute(
+        "SELECT * FROM spans WHERE trace_id IN (SELECT value FROM json_each(?)) "
+        "ORDER BY trace_id, start_time, rowid",
+        [json.dumps(list(trace_ids))],
+    )
+    out: dict[str, list[Span]] = {}
+    for span in _spans(cursor):
+        out.setdefault(span.trace_id, []).append(span)
+    return out
+
+
+def events_of_traces(db: Any, trace_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """The span events of several traces in one query, by trace."""
+    cursor = db.conn.execute(
+        "SELECT trace_id, span_id, name, time, attributes FROM span_events WHERE trace_id IN "
+        "(SELECT value FROM json_each(?)) ORDER BY time, id",
+        [json.dumps(list(trace_ids))],
+    )
+    out: dict[str, list[dict[str, Any]]] = {}
+    for trace_id, span_id, name, when, attributes in cursor.fetchall():
+        out.setdefault(trace_id, []).append({
+            "span_id": span_id, "name": name, "time": when,
+            "attributes": json.loads(attributes) if attributes else None,
+        })
+    return out
 
 
 def event_rows(db: Any, trace_id: str) -> list[dict[str, Any]]:
