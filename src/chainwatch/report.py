@@ -22,7 +22,7 @@ from .store.queries import percentile
 _BATCH_MAX = 1_000
 _SERIES_POINTS = 5_000
 _batch_lock = threading.Lock()
-_batches: dict[Path, "_Batch"] = {}
+_batches: dict[Path, _Batch] = {}
 
 
 class _Batch:
