@@ -165,14 +165,36 @@ def span_rows(db: Any, trace_or_span_id: str) -> list[Span]:
 _SPAN_FIELDS = frozenset(Span.__dataclass_fields__)
 
 
+_EMPTY_JSON = {"[]": list, "{}": dict}
+
+
+def _json_value(text: Any, empty: type) -> Any:
+    if text is None:
+        return empty() if empty is not type(None) else None
+    maker = _EMPTY_JSON.get(text)
+    if maker is not None:
+        return maker()
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def _spans(cursor: Any) -> list[Span]:
     names = [d[0] for d in cursor.description]
+    index = {name: i for i, name in enumerate(names)}
+    order = [index[f] for f in Span.__dataclass_fields__ if f in index]
+    fields = [f for f in Span.__dataclass_fields__ if f in index]
+    decode: dict[int, type] = {
+        fields.index("inputs"): type(None), fields.index("outputs"): type(None),
+        fields.index("tags"): list, fields.index("metadata"): dict,
+    }
     spans = []
     for values in cursor.fetchall():
-        row = _decode(dict(zip(names, values, strict=True)))
-        row["tags"] = row.get("tags") or []
-        row["metadata"] = row.get("metadata") or {}
-        spans.append(Span(**{k: v for k, v in row.items() if k in _SPAN_FIELDS}))
+        args = [values[i] for i in order]
+        for position, empty in decode.items():
+            args[position] = _json_value(args[position], empty)
+        spans.append(Span(*args))
     return spans
 
 
