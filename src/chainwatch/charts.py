@@ -48,7 +48,7 @@ def cost_by_model(models: list[str], costs: list[float]) -> str | None:
     plt = _pyplot()
     if plt is None or not models:
         return None
-    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(models)))
+    fig, ax = plt.subplots(figsize=(6, max(2.0, 0.8 + 0.4 * len(models))))
     ax.barh(models, costs, color="#e0a030")
     ax.set_xlabel("cost (USD)")
     ax.set_title("Cost by model")

@@ -227,7 +227,7 @@ def _fill_scope(conn: Any, trace_ids: list[str] | None, where: str, params: list
     else:
         conn.execute(
             f"INSERT OR IGNORE INTO _scope SELECT {_ROOT_COLUMNS} FROM spans "
-            f"WHERE span_id = trace_id AND {where}", params,
+            f"WHERE span_id = trace_id AND kind != 'evaluator' AND {where}", params,
         )
 
 
@@ -240,8 +240,15 @@ def build(
     Aggregates run in SQLite; Python only sorts the latencies it needs for percentiles.
     """
     _fill_scope(conn, trace_ids, where, params or [])
-    scope.traces = conn.execute("SELECT COUNT(*) FROM _scope").fetchone()[0]
     model_sql, model_params = ("AND s.model = ?", [model]) if model else ("", [])
+    if model:
+        # A model's report covers the traces that called it.
+        conn.execute(
+            "DELETE FROM _scope WHERE trace_id NOT IN (SELECT s.trace_id FROM _scope c JOIN "
+            "spans s ON s.trace_id = c.trace_id AND s.kind = 'llm' WHERE s.counts_usage = 1 "
+            "AND s.model = ?)", [model],
+        )
+    scope.traces = conn.execute("SELECT COUNT(*) FROM _scope").fetchone()[0]
     # The model calls in scope, once: every aggregate below scans this small table.
     conn.execute("DROP TABLE IF EXISTS temp._calls")
     conn.execute(

@@ -113,19 +113,29 @@ def _sections(d: ReportData) -> list[tuple[str, list[str], list[list[str]]]]:
     return out
 
 
+def _cut(line: str, width: int) -> str:
+    line = line.rstrip()
+    return line if len(line) <= width else line[: max(1, width - 1)].rstrip() + "…"
+
+
 def _table_text(head: list[str], rows: list[list[str]], width: int) -> list[str]:
+    """Aligned columns; columns that do not fit are left out whole, never cut mid-number."""
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    keep = len(widths)
+    while keep > 1 and sum(widths[:keep]) + 2 * (keep - 1) > width:
+        keep -= 1
     lines = []
     for row in [head, *rows]:
-        line = "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        lines.append(line[:width])
+        cells = [str(c).ljust(w) for c, w in zip(row[:keep], widths[:keep], strict=True)]
+        lines.append(_cut("  ".join(cells), width))
     return lines
 
 
 def to_text(d: ReportData, width: int | None = None) -> str:
     """The report for a terminal, cut to its width."""
     width = width or shutil.get_terminal_size((100, 24)).columns
-    lines = [f"chainwatch report: {d.scope.description}", f"database: {d.scope.db}", ""]
+    lines = [_cut(f"chainwatch report: {d.scope.description}", width),
+             _cut(f"database: {d.scope.db}", width), ""]
     lines += _table_text(["summary", ""], [list(r) for r in _summary_rows(d)], width)
     for title, head, rows in _sections(d):
         lines += ["", title]
@@ -152,8 +162,9 @@ def to_markdown(d: ReportData) -> str:
     return "\n".join(lines) + "\n"
 
 
+_PAGE_CSS = "body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:1.5em;color:#222}"
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:1.5em;color:#222}
+.cw-report{font-family:system-ui,-apple-system,Segoe UI,sans-serif;color:#222}
 .cw-report table{border-collapse:collapse;margin:.4em 0 1.2em}
 .cw-report th,.cw-report td{border-bottom:1px solid #ddd;padding:3px 10px;text-align:left}
 .cw-report th{background:#f4f6fa}
@@ -193,7 +204,7 @@ def to_html(
     if traces:
         parts.append("<h2>Trace views</h2>")
         for trace_id, trace in traces.items():
-            parts.append(f"<details id='trace-{html.escape(trace_id)}'><summary>"
+            parts.append(f"<details><summary>"
                          f"{html.escape(trace_id)} {html.escape(trace.root.name)}</summary>"
                          f"{trace._repr_html_()}</details>")
     parts.append("</div>")
@@ -201,7 +212,7 @@ def to_html(
     if not full_page:
         return f"<style>{_CSS}</style>{body}"
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>chainwatch report"
-            f"</title><style>{_CSS}</style></head><body>{body}</body></html>")
+            f"</title><style>{_PAGE_CSS}{_CSS}</style></head><body>{body}</body></html>")
 
 
 def _html_table(head: list[str], rows: list[list[str]], *, escaped: bool = False) -> str:

@@ -145,7 +145,8 @@ class Trace:
 
     def to_pandas(self) -> Any:
         """The spans as a pandas DataFrame (the `notebook` extra)."""
-        return _dataframe([_span_dict(s) for s in self.spans])
+        return _dataframe([_span_dict(s) for s in self.spans],
+                          columns=tuple(Span.__dataclass_fields__))
 
 
 _KIND_COLOURS = {"llm": "#8e6bd8", "retriever": "#2a9d8f", "tool": "#e0a030",
@@ -182,11 +183,21 @@ def _span_dict(span: Span) -> dict[str, Any]:
     return {name: getattr(span, name) for name in span.__dataclass_fields__}
 
 
-def _dataframe(rows: list[dict[str, Any]]) -> Any:
+TRACE_COLUMNS = (
+    "trace_id", "name", "kind", "framework", "status", "error", "start_time", "end_time",
+    "duration_ms", "span_count", "llm_calls", "error_spans", "prompt_tokens",
+    "completion_tokens", "total_tokens", "cost_usd", "unpriced_calls", "user_id", "session_id",
+    "tags",
+)
+
+
+def _dataframe(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) -> Any:
     try:
         import pandas as pd
     except ImportError:
         raise ImportError("to_pandas() needs pandas: pip install 'chainwatch[notebook]'") from None
+    if not rows and columns:
+        return pd.DataFrame(columns=list(columns))
     return pd.DataFrame(rows)
 
 
@@ -224,8 +235,8 @@ class TraceList(list[dict[str, Any]]):
         return f"{_SORT_JS}<table class='cw-traces'><tr>{head}</tr>{body}</table>"
 
     def to_pandas(self) -> Any:
-        """The rows as a pandas DataFrame (the `notebook` extra)."""
-        return _dataframe([dict(r) for r in self])
+        """The rows as a pandas DataFrame (the `notebook` extra); columns even when empty."""
+        return _dataframe([dict(r) for r in self], columns=TRACE_COLUMNS)
 
 
 class Summary(dict[str, Any]):
