@@ -24,28 +24,38 @@ ANALYZER_VERSION = "1"
 _FLAGS = re.IGNORECASE
 
 # First-person or explicit uncertainty: one is enough.
+# Patterns run on lower-cased text with straight apostrophes (no IGNORECASE: much faster).
+# First-person or explicit uncertainty: one is enough.
 _STRONG_HEDGES = re.compile(
-    r"\b(?:i['’]?m not (?:entirely |completely |totally |100% |quite )?(?:sure|certain|"
-    r"positive)|i am not (?:entirely |completely |totally |100% |quite )?(?:sure|certain|"
-    r"positive)|i could be (?:wrong|mistaken)|i may be (?:wrong|mistaken)|i might be (?:wrong|"
-    r"mistaken)|(?:to the best of|as far as) (?:my knowledge|i know|i can tell|i['’]m aware)|"
-    r"if i (?:recall|remember) (?:correctly|rightly)|don['’]?t quote me|i['’]?m not an expert"
-    r"|take this with a grain of salt|i can['’]?t be (?:sure|certain)|i cannot be (?:sure|"
-    r"certain)|(?:i['’]?m|i am) guessing|my best guess|i (?:can(?:no|['’])?t|do(?:n['’]?t| not))"
-    r" (?:verify|confirm)|(?:it['’]?s|it is) (?:hard|difficult) to say|"
-    r"(?:i['’]?m|i am) unsure)\b",
-    _FLAGS,
+    r"\bi(?:'m| am) not (?:entirely |completely |totally |100% |quite )?(?:sure|certain|"
+    r"positive)\b|\bi (?:could|may|might) be (?:wrong|mistaken)\b|"
+    r"\b(?:to the best of|as far as) (?:my knowledge|i know|i can tell|i'm aware)\b|"
+    r"\bif i (?:recall|remember) (?:correctly|rightly)\b|\bdon'?t quote me\b|"
+    r"\bi(?:'m| am) not an expert\b|\btake this with a grain of salt\b|"
+    r"\bi (?:can't|cannot) be (?:sure|certain)\b|\bi(?:'m| am) (?:guessing|unsure)\b|"
+    r"\bmy best guess\b|\bi (?:can't|cannot|don't|do not) (?:verify|confirm)\b|"
+    r"\bit(?:'s| is) (?:hard|difficult) to say\b"
 )
 # Softer markers: two or more make a hedge.
+_WEAK_FIRST_PERSON = re.compile(
+    r"\bi (?:think|believe|suspect|guess|suppose|assume|imagine)\b(?! of\b| about\b| so\b)"
+)
 _WEAK_HEDGES = re.compile(
-    r"(?:(?:^|(?<=[.!?,;:]\s)|(?<=\bbut\s)|(?<=\band\s)|(?<=\bso\s))i (?:think|believe|"
-    r"suspect|guess|suppose|assume|imagine)\b(?! of\b| about\b| so\b)|"
     r"\b(?:probably|perhaps|possibly|presumably|conceivably|arguably|seemingly|apparently|"
     r"likely|maybe)\b|\bit (?:seems|appears|may be|might be|could be)\b|\bi would (?:say|"
-    r"guess|think)\b|\bnot (?:entirely|completely) clear\b)",
-    _FLAGS,
+    r"guess|think)\b|\bnot (?:entirely|completely) clear\b"
 )
+_CLAUSE_START = re.compile(r"(?:^|[.!?,;:]|\bbut|\band|\bso)\s*$")
 _QUESTION = re.compile(r"[^.!?\n]*\?")
+# Every hedge contains one of these: answers without any skip the patterns.
+_HEDGE_WORDS = (
+    "sure", "certain", "positive", "wrong", "mistaken", "knowledge", "know", "tell", "aware",
+    "recall", "remember", "quote", "expert", "grain of salt", "guess", "verify", "confirm",
+    "hard to say", "difficult to say", "unsure", "think", "believe", "suspect", "suppose",
+    "assume", "imagine", "probabl", "perhaps", "possibl", "presumabl", "conceivabl", "arguabl",
+    "seemingl", "apparentl", "likely", "maybe", "seems", "appears", "may be", "might be",
+    "could be", "would say", "not entirely", "not completely",
+)
 _WORD = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")
 _SENTENCES = re.compile(r"[^.!?\n]+[.!?]*")
 _STOPWORDS = frozenset(
@@ -94,9 +104,23 @@ def detect_hedging(response: str) -> list[str]:
 
     Questions are skipped ("Do you think ...?"), so asking is not hedging.
     """
-    text = _QUESTION.sub(" ", response[:8000])
-    strong = [m.group(0) for m in _STRONG_HEDGES.finditer(text)]
-    weak = [m.group(0).strip() for m in _WEAK_HEDGES.finditer(text)]
+    original = response[:8000]
+    text = original.lower().replace("’", "'")
+    if not any(word in text for word in _HEDGE_WORDS):
+        return []
+    if "?" in text:
+        text = _QUESTION.sub(lambda m: " " * len(m.group(0)), text)
+    same = len(text) == len(original)
+
+    def evidence(match: re.Match[str]) -> str:
+        return original[match.start(): match.end()] if same else match.group(0)
+
+    strong = [evidence(m) for m in _STRONG_HEDGES.finditer(text)]
+    weak = [
+        evidence(m) for m in _WEAK_FIRST_PERSON.finditer(text)
+        if _CLAUSE_START.search(text, max(0, m.start() - 6), m.start())
+    ]
+    weak += [evidence(m) for m in _WEAK_HEDGES.finditer(text)]
     if strong or len(weak) >= 2:
         return strong + weak
     return []
