@@ -25,8 +25,8 @@ from . import database, rows
 TraceListener = Callable[[str], None]
 
 _BATCH_MAX = 5_000
-_WAKE_AT = 1_000
-_IDLE_S = 0.2
+_WAKE_AT = 256
+_IDLE_S = 0.05
 
 
 class _Token:
