@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import charts
-from .report import Breakdown, ReportData, TraceRow
+from .report_models import Breakdown, ReportData, TraceRow
 
 
 def _ms(value: float | None) -> str:
