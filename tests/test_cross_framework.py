@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +15,7 @@ from langchain_openai import ChatOpenAI
 from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.callbacks import CallbackManager
-from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.instrumentation import get_dispatcher
-from llama_index.core.llms import MockLLM
 from llama_index.core.query_engine import CustomQueryEngine
 from llama_index.core.tools import FunctionTool
 from llama_index.llms.openai import OpenAI
@@ -28,6 +25,7 @@ import chainwatch
 from chainwatch import ChainWatchHandler
 from chainwatch.fake_provider import FakeOpenAI, Reply
 from conftest import pop_span, read_spans
+from llama_support import llama_settings
 
 Row = dict[str, Any]
 DOCS = {
@@ -47,19 +45,8 @@ dispatcher = get_dispatcher("chainwatch_cross_tests")
 @pytest.fixture(autouse=True)
 def li_settings(handler: ChainWatchHandler) -> Iterator[None]:
     """Mock models in LlamaIndex's global Settings for the test; everything restored after."""
-    saved = {f.name: getattr(Settings, f.name) for f in dataclasses.fields(Settings)}
-    parser = saved.get("_node_parser")
-    parser_manager = getattr(parser, "callback_manager", None)
-    Settings.llm = MockLLM(max_tokens=8)
-    Settings.embed_model = MockEmbedding(embed_dim=8)
-    try:
+    with llama_settings(handler):
         yield
-    finally:
-        chainwatch.uninstrument_llama_index(handler)
-        for name, value in saved.items():
-            setattr(Settings, name, value)
-        if parser is not None:
-            parser.callback_manager = parser_manager
 
 
 @pytest.fixture(params=["legacy", "dispatcher"])

@@ -6,7 +6,6 @@ LlamaIndex CustomLLM; the judged apps are real LangChain runnables.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sqlite3
@@ -32,6 +31,7 @@ import chainwatch
 from chainwatch import ChainWatchHandler
 from chainwatch.judge import Judge, JudgeScore, evaluate_factual_accuracy, parse_reply
 from conftest import pop_span, read_spans
+from llama_support import llama_settings
 
 Row = dict[str, Any]
 DOC = "The Eiffel Tower was completed in 1889. It stands on the Champ de Mars in Paris."
@@ -554,14 +554,8 @@ def test_failing_judge_model_gives_null_and_the_hook_stays_ok(
 
 @pytest.fixture
 def li_settings() -> Iterator[Any]:
-    from llama_index.core import Settings
-
-    saved = {f.name: getattr(Settings, f.name) for f in dataclasses.fields(Settings)}
-    try:
-        yield Settings
-    finally:
-        for name, value in saved.items():
-            setattr(Settings, name, value)
+    with llama_settings(mock_models=False) as settings:
+        yield settings
 
 
 def scripted_llm(answers: list[str], **kwargs: Any) -> Any:

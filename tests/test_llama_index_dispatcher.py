@@ -7,7 +7,6 @@ Real indexes, engines, workflows and the real OpenAI client against the fake ser
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime
 import json
 import time
@@ -22,14 +21,12 @@ from genai_prices import calc_price
 from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.callbacks import CallbackManager
-from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.llms import (
     ChatMessage,
     CompletionResponse,
     CustomLLM,
     LLMMetadata,
-    MockLLM,
 )
 from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.postprocessor import SimilarityPostprocessor
@@ -41,6 +38,7 @@ import chainwatch
 from chainwatch import ChainWatchHandler
 from chainwatch.fake_provider import FakeOpenAI, Reply
 from conftest import pop_span, read_events, read_spans
+from llama_support import llama_settings
 
 Row = dict[str, Any]
 DOCS = {
@@ -60,26 +58,15 @@ dispatcher = get_dispatcher("chainwatch_tests")
 @pytest.fixture(autouse=True)
 def li_settings(handler: ChainWatchHandler) -> Iterator[None]:
     """Mock models in LlamaIndex's global Settings for the test; everything restored after."""
-    saved = {f.name: getattr(Settings, f.name) for f in dataclasses.fields(Settings)}
-    parser = saved.get("_node_parser")
-    parser_manager = getattr(parser, "callback_manager", None)
-    Settings.llm = MockLLM(max_tokens=8)
-    Settings.embed_model = MockEmbedding(embed_dim=8)
-    try:
+    with llama_settings(handler):
         yield
-    finally:
-        chainwatch.uninstrument_llama_index(handler)
-        for name, value in saved.items():
-            setattr(Settings, name, value)
-        if parser is not None:
-            parser.callback_manager = parser_manager
-        root = get_dispatcher()
-        leftovers = [
-            type(h).__name__
-            for h in [*root.span_handlers, *root.event_handlers]
-            if type(h).__name__.startswith("ChainWatch")
-        ]
-        assert leftovers == [], "a test left chainwatch handlers on the root dispatcher"
+    root = get_dispatcher()
+    leftovers = [
+        type(h).__name__
+        for h in [*root.span_handlers, *root.event_handlers]
+        if type(h).__name__.startswith("ChainWatch")
+    ]
+    assert leftovers == [], "a test left chainwatch handlers on the root dispatcher"
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import warnings
 from collections.abc import Iterator
@@ -16,13 +15,11 @@ from genai_prices import calc_price
 from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
 from llama_index.core.callbacks.schema import LEAF_EVENTS
-from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.llms import (
     ChatMessage,
     CompletionResponse,
     CustomLLM,
     LLMMetadata,
-    MockLLM,
 )
 from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.query_engine import CustomQueryEngine, RetrieverQueryEngine
@@ -35,6 +32,7 @@ import chainwatch
 from chainwatch import ChainWatchHandler
 from chainwatch.fake_provider import FakeOpenAI, Reply
 from conftest import pop_span, read_events, read_spans
+from llama_support import llama_settings
 
 Row = dict[str, Any]
 DOCS = {
@@ -50,19 +48,8 @@ TRUNCATION_MARK = "…[truncated "
 @pytest.fixture(autouse=True)
 def li_settings(handler: ChainWatchHandler) -> Iterator[None]:
     """Mock models in LlamaIndex's global Settings for the test; everything restored after."""
-    saved = {f.name: getattr(Settings, f.name) for f in dataclasses.fields(Settings)}
-    parser = saved.get("_node_parser")
-    parser_manager = getattr(parser, "callback_manager", None)
-    Settings.llm = MockLLM(max_tokens=8)
-    Settings.embed_model = MockEmbedding(embed_dim=8)
-    try:
+    with llama_settings(handler):
         yield
-    finally:
-        chainwatch.uninstrument_llama_index(handler)
-        for name, value in saved.items():
-            setattr(Settings, name, value)
-        if parser is not None:
-            parser.callback_manager = parser_manager
 
 
 @pytest.fixture

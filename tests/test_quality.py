@@ -5,7 +5,6 @@ Hook results are read back from the real SQLite file with plain SQL after `handl
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from chainwatch import ChainWatchHandler
 from chainwatch.quality import analyze_response, detect_hedging, groundedness, sentiment
 from chainwatch.refusal import detect_refusal
 from conftest import read_spans
+from llama_support import llama_settings
 
 Row = dict[str, Any]
 DATA = Path(__file__).parent / "data" / "refusals.jsonl"
@@ -607,20 +607,11 @@ def test_groundedness_uses_only_documents_of_the_same_trace(
 @pytest.fixture
 def li_settings() -> Iterator[Any]:
     """LlamaIndex's global Settings with a mock embedding; everything restored after."""
-    from llama_index.core import Settings
     from llama_index.core.embeddings import MockEmbedding
 
-    saved = {f.name: getattr(Settings, f.name) for f in dataclasses.fields(Settings)}
-    parser = saved.get("_node_parser")
-    parser_manager = getattr(parser, "callback_manager", None)
-    Settings.embed_model = MockEmbedding(embed_dim=8)
-    try:
-        yield Settings
-    finally:
-        for name, value in saved.items():
-            setattr(Settings, name, value)
-        if parser is not None:
-            parser.callback_manager = parser_manager
+    with llama_settings(mock_models=False) as settings:
+        settings.embed_model = MockEmbedding(embed_dim=8)
+        yield settings
 
 
 def scripted_llm(answers: list[str]) -> Any:
