@@ -90,7 +90,6 @@ def _filters(
     return where, params
 
 
-_CALLS = "FROM _calls s WHERE 1"
 
 
 _ROOT_COLUMNS = "trace_id, name, status, start_time, duration_ms, error"
@@ -143,35 +142,50 @@ def build(
         f"c.trace_id AND s.kind = 'llm' WHERE s.counts_usage = 1 {model_sql}",
         model_params,
     )
-    calls, model_params = _CALLS, []
-    data = ReportData(scope=scope, summary=_summary(conn, calls, model_params))
-    data.by_model = _breakdown(conn, calls, model_params, "s.model", "")
-    data.by_chain = _breakdown(conn, calls, model_params, "s.chain", "")
+    # One scan for every count and sum, grouped by model and chain (both additive), and one
+    # fetch of the latencies for the percentiles.
+    groups = conn.execute(
+        "SELECT COALESCE(model, 'unknown'), COALESCE(chain, 'unknown'), COUNT(*), "
+        "SUM(prompt_tokens), SUM(completion_tokens), SUM(total_tokens), COUNT(total_tokens), "
+        "SUM(cost_usd), COUNT(cost_usd), SUM(status = 'error'), "
+        "SUM(cost_usd IS NULL AND status = 'ok') FROM _calls GROUP BY 1, 2"
+    ).fetchall()
+    latencies = conn.execute(
+        "SELECT COALESCE(model, 'unknown'), COALESCE(chain, 'unknown'), duration_ms "
+        "FROM _calls WHERE duration_ms IS NOT NULL"
+    ).fetchall()
+    ttfts = sorted(v for (v,) in conn.execute(
+        "SELECT ttft_ms FROM _calls WHERE ttft_ms IS NOT NULL"))
+    data = ReportData(scope=scope, summary=_summary(conn, groups, latencies, ttfts))
+    data.by_model = _breakdown(groups, latencies, 0)
+    data.by_chain = _breakdown(groups, latencies, 1)
     roots = (
         "SELECT r.trace_id, r.name, r.status, r.start_time, r.duration_ms, r.error, "
-        "(SELECT SUM(x.total_tokens) FROM _calls x WHERE x.trace_id = r.trace_id), "
-        "(SELECT SUM(x.cost_usd) FROM _calls x WHERE x.trace_id = r.trace_id) FROM ({}) r"
+        "(SELECT SUM(x.total_tokens) FROM spans x WHERE x.trace_id = r.trace_id AND "
+        f"x.kind = 'llm' AND x.counts_usage = 1 {model_sql.replace('s.', 'x.')}), "
+        "(SELECT SUM(x.cost_usd) FROM spans x WHERE x.trace_id = r.trace_id AND "
+        f"x.kind = 'llm' AND x.counts_usage = 1 {model_sql.replace('s.', 'x.')}) FROM ({{}}) r"
     )
-    conn.execute("CREATE INDEX IF NOT EXISTS temp._calls_trace ON _calls (trace_id)")
+    sums = model_params * 2
     data.slowest = _rows(conn, roots.format(
-        "SELECT * FROM _scope ORDER BY duration_ms DESC LIMIT ?"), [top])
+        "SELECT * FROM _scope ORDER BY duration_ms DESC, trace_id LIMIT ?"), [*sums, top])
     expensive = conn.execute(
-        "SELECT s.trace_id FROM _calls s WHERE s.cost_usd IS NOT NULL GROUP BY s.trace_id "
-        "ORDER BY SUM(s.cost_usd) DESC LIMIT ?", [top],
+        "SELECT trace_id FROM _calls WHERE cost_usd IS NOT NULL GROUP BY trace_id "
+        "ORDER BY SUM(cost_usd) DESC, trace_id LIMIT ?", [top],
     ).fetchall()
     ranked = {t: i for i, (t,) in enumerate(expensive)}
     rows = _rows(conn, roots.format(
         "SELECT * FROM _scope WHERE trace_id IN (SELECT value FROM json_each(?))"),
-        [json.dumps(list(ranked))])
+        [*sums, json.dumps(list(ranked))])
     data.most_expensive = sorted(rows, key=lambda r: ranked[r.trace_id])
     data.failed = _rows(conn, roots.format(
-        "SELECT * FROM _scope WHERE status = 'error' ORDER BY start_time DESC LIMIT ?"),
-        [top * 2])
+        "SELECT * FROM _scope WHERE status = 'error' ORDER BY start_time DESC, trace_id LIMIT ?"),
+        [*sums, top * 2])
     data.errors = _errors(conn)
-    data.quality = _quality(conn, model_sql, [model] if model else [])
+    data.quality = _quality(conn, model_sql, model_params)
     data.drift = _drift(conn, scope)
     data.alerts = _alerts(conn, scope)
-    data.series = _series(conn, calls, model_params)
+    data.series = _series(conn, sum(g[2] for g in groups))
     data.generated_at = queries.iso_time(time.time_ns())
     return data
 
@@ -184,16 +198,25 @@ def _rows(conn: Any, sql: str, params: list[Any]) -> list[TraceRow]:
     ]
 
 
-def _summary(conn: Any, calls: str, params: list[Any]) -> Summary:
-    n, errors, tokens, tokens_known, cost, cost_known, unpriced = conn.execute(
-        "SELECT COUNT(*), SUM(s.status = 'error'), SUM(s.total_tokens), COUNT(s.total_tokens), "
-        "SUM(s.cost_usd), COUNT(s.cost_usd), SUM(s.cost_usd IS NULL AND s.status = 'ok') "
-        + calls, params,
-    ).fetchone()
-    durations = sorted(v for (v,) in conn.execute(
-        "SELECT s.duration_ms " + calls + " AND s.duration_ms IS NOT NULL", params))
-    ttfts = sorted(v for (v,) in conn.execute(
-        "SELECT s.ttft_ms " + calls + " AND s.ttft_ms IS NOT NULL", params))
+def _add(total: Any, value: Any) -> Any:
+    return value if total is None else total if value is None else total + value
+
+
+def _summary(
+    conn: Any, groups: list[tuple[Any, ...]], latencies: list[tuple[Any, ...]],
+    ttfts: list[float],
+) -> Summary:
+    n = sum(g[2] for g in groups)
+    tokens = tokens_known = cost_known = errors = unpriced = 0
+    cost: float | None = None
+    for g in groups:
+        tokens += g[5] or 0
+        tokens_known += g[6]
+        cost = _add(cost, g[7])
+        cost_known += g[8]
+        errors += g[9] or 0
+        unpriced += g[10] or 0
+    durations = sorted(row[2] for row in latencies)
     traces, failed = conn.execute(
         "SELECT COUNT(*), SUM(status = 'error') FROM _scope"
     ).fetchone()
@@ -208,45 +231,43 @@ def _summary(conn: Any, calls: str, params: list[Any]) -> Summary:
         avg_tokens=tokens / tokens_known if tokens_known else None,
         total_tokens=tokens if tokens_known else None,
         total_cost_usd=cost if cost_known else None,
-        unpriced_calls=unpriced or 0,
-        error_rate=(errors or 0) / n if n else None,
-        errors=errors or 0,
+        unpriced_calls=unpriced,
+        error_rate=errors / n if n else None,
+        errors=errors,
         trace_error_rate=(failed or 0) / traces if traces else None,
     )
 
 
 def _breakdown(
-    conn: Any, calls: str, params: list[Any], key: str, join: str
+    groups: list[tuple[Any, ...]], latencies: list[tuple[Any, ...]], column: int
 ) -> list[Breakdown]:
-    body = calls.replace("WHERE", f"{join} WHERE", 1) if join else calls
-    groups = conn.execute(
-        f"SELECT COALESCE({key}, 'unknown'), COUNT(*), SUM(s.prompt_tokens), "
-        "SUM(s.completion_tokens), SUM(s.total_tokens), SUM(s.cost_usd), "
-        f"SUM(s.status = 'error') {body} GROUP BY 1", params,
-    ).fetchall()
-    latencies: dict[str, list[float]] = {}
-    for group, duration in conn.execute(
-        f"SELECT COALESCE({key}, 'unknown'), s.duration_ms {body} AND s.duration_ms IS NOT NULL",
-        params,
-    ):
-        latencies.setdefault(group, []).append(duration)
+    """Per model (column 0) or per chain (column 1), summed from the model-and-chain groups."""
+    merged: dict[str, list[Any]] = {}
+    for g in groups:
+        acc = merged.setdefault(g[column], [0, None, None, None, None, 0])
+        acc[0] += g[2]
+        for i, value in ((1, g[3]), (2, g[4]), (3, g[5]), (4, g[7])):
+            acc[i] = _add(acc[i], value)
+        acc[5] += g[9] or 0
+    durations: dict[str, list[float]] = {}
+    for row in latencies:
+        durations.setdefault(row[column], []).append(row[2])
     out = [
-        Breakdown(key=g, calls=n, prompt_tokens=p, completion_tokens=c, total_tokens=t,
-                  cost_usd=cost, errors=errors or 0,
-                  latency_p95_ms=percentile(sorted(latencies.get(g, [])), 95))
-        for g, n, p, c, t, cost, errors in groups
+        Breakdown(key=key, calls=acc[0], prompt_tokens=acc[1], completion_tokens=acc[2],
+                  total_tokens=acc[3], cost_usd=acc[4], errors=acc[5],
+                  latency_p95_ms=percentile(sorted(durations.get(key, [])), 95))
+        for key, acc in merged.items()
     ]
     return sorted(out, key=lambda b: (-(b.cost_usd or 0), -b.calls, b.key))
 
 
-def _series(conn: Any, calls: str, params: list[Any]) -> Series:
+def _series(conn: Any, total: int) -> Series:
     """An even sample of the calls, in time order: charts need the shape, not every point."""
-    total = conn.execute("SELECT COUNT(*) " + calls, params).fetchone()[0]
     step = max(1, total // _SERIES_POINTS)
-    rows = conn.execute(
-        "SELECT s.end_time, s.total_tokens, s.duration_ms " + calls
-        + " AND s.duration_ms IS NOT NULL ORDER BY s.end_time", params,
-    ).fetchall()[::step]
+    rows = sorted(conn.execute(
+        "SELECT end_time, total_tokens, duration_ms FROM _calls "
+        "WHERE duration_ms IS NOT NULL AND rowid % ? = 0", [step],
+    ).fetchall())
     return Series(latencies_ms=[r[2] for r in rows], times=[r[0] for r in rows],
                   tokens=[r[1] for r in rows], durations_ms=[r[2] for r in rows])
 
