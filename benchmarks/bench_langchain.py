@@ -19,19 +19,13 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import cProfile
 import gc
-import io
 import json
 import os
-import platform
-import pstats
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import tracemalloc
 import uuid
@@ -41,6 +35,18 @@ from pathlib import Path
 from typing import Any
 
 import langchain_core
+from _harness import (
+    AllThreadsProfile,
+    Figure,
+    _describe,
+    _load,
+    _rss_kb,
+    at_most,
+    base_parser,
+    environment,
+    print_profiles,
+    print_table,
+)
 from langchain_core.callbacks import (
     BaseCallbackHandler,
     CallbackManagerForLLMRun,
@@ -127,23 +133,6 @@ QUICK = Sizes(
     flush_repeats=3,
     profile_invocations=200,
 )
-
-
-@dataclass
-class Figure:
-    """One printed row: a measured value, and its target when it has one."""
-
-    name: str
-    value: float
-    unit: str
-    target: str = ""
-    passed: bool | None = None
-
-
-def at_most(name: str, value: float, unit: str, limit: float, *, strict: bool = False) -> Figure:
-    """A figure whose target is an upper bound (`< limit` when strict, else `<= limit`)."""
-    passed = value < limit if strict else value <= limit
-    return Figure(name, value, unit, f"{'<' if strict else '<='} {limit:,g}", passed)
 
 
 # -- the chain under test ------------------------------------------------------------------------
@@ -448,14 +437,6 @@ def bench_stream(sizes: Sizes, tmp: Path, figures: list[Figure], details: dict[s
 # -- 3. memory -----------------------------------------------------------------------------------
 
 
-def _rss_kb() -> float | None:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024
-    except (OSError, ValueError):
-        return None
-
-
 def _settle(handler: ChainWatchHandler | None) -> None:
     if handler is not None:
         finish(handler)
@@ -516,20 +497,6 @@ def retained_growth(
         if stat.size_diff > 0
     ]
     return Growth(blocks, rss, (after - before) / 1024, top)
-
-
-def _describe(stat: tracemalloc.StatisticDiff) -> str:
-    """Where the kept bytes were allocated, and the innermost chainwatch frame that led there."""
-    frames = list(stat.traceback)
-    allocated = frames[-1]
-    ours = next((f for f in reversed(frames) if "chainwatch" in f.filename), None)
-    via = f" via {_short(ours)}" if ours is not None and ours is not allocated else ""
-    size = f"+{stat.size_diff / 1024:.1f} KB in {stat.count_diff:+,} blocks"
-    return f"{size} at {_short(allocated)}{via}"
-
-
-def _short(frame: tracemalloc.Frame) -> str:
-    return f"{'/'.join(Path(frame.filename).parts[-3:])}:{frame.lineno}"
 
 
 def bench_memory(sizes: Sizes, tmp: Path, figures: list[Figure], details: dict[str, Any]) -> None:
@@ -692,46 +659,7 @@ def bench_writer(sizes: Sizes, tmp: Path, figures: list[Figure], details: dict[s
 # -- profile -------------------------------------------------------------------------------------
 
 
-class AllThreadsProfile:
-    """cProfile on this thread and on every thread started while it is on.
-
-    RunnableParallel runs its branches on pool threads, and chainwatch writes and runs hooks
-    on threads of its own; each new thread gets its own profiler, merged by thread group.
-    Python 3.11 cannot profile threads that already exist, so this runs in a fresh process.
-    """
-
-    def __init__(self) -> None:
-        self.profiles: list[tuple[str, cProfile.Profile]] = []
-        self._lock = threading.Lock()
-
-    def _hook(self, frame: Any, event: str, arg: Any) -> None:
-        profile = cProfile.Profile()
-        with self._lock:
-            self.profiles.append((threading.current_thread().name, profile))
-        profile.enable()
-
-    def __enter__(self) -> AllThreadsProfile:
-        threading.setprofile(self._hook)
-        self._main = cProfile.Profile()
-        self._main.enable()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._main.disable()
-        threading.setprofile(None)  # type: ignore[arg-type]
-        self.profiles.append(("main", self._main))
-
-    def stats(self, group: Callable[[str], bool]) -> pstats.Stats | None:
-        """The merged profile of the threads whose name `group` accepts."""
-        chosen = [profile for name, profile in self.profiles if group(name)]
-        if not chosen:
-            return None
-        merged = pstats.Stats(chosen[0], stream=io.StringIO())
-        for profile in chosen[1:]:
-            merged.add(profile)
-        return merged
-
-
+TOP = 15
 _THREAD_GROUPS: tuple[tuple[str, Callable[[str], bool]], ...] = (
     ("caller threads", lambda name: not name.startswith("chainwatch-")),
     ("writer thread", lambda name: name.startswith("chainwatch-writer")),
@@ -755,82 +683,23 @@ def profile_chainwatch(sizes: Sizes, tmp: Path) -> dict[str, str]:
         # Stop the writer thread so its profiler is no longer being written to.
         handler.shutdown()
     spans = sizes.profile_invocations * runs
-    out: dict[str, str] = {}
-    for title, group in _THREAD_GROUPS:
-        stats = prof.stats(group)
-        if stats is None:
-            continue
-        stream = io.StringIO()
-        stats.stream = stream  # type: ignore[attr-defined]
-        stats.sort_stats("cumulative").print_stats(r"chainwatch[/\\]", 15)
-        text = stream.getvalue()
-        body = text[text.find("   ncalls") :] if "   ncalls" in text else text
-        print(
-            f"\ncProfile, {title}, {sizes.profile_invocations:,} invocations "
-            f"({spans:,} spans), top 15 cumulative inside chainwatch:"
-        )
-        print(body.rstrip())
-        out[title] = body
-    return out
+    return print_profiles(
+        prof, _THREAD_GROUPS,
+        lambda title, top: (
+            f"cProfile, {title}, {sizes.profile_invocations:,} invocations ({spans:,} spans), "
+            f"top {top} cumulative inside chainwatch:"
+        ),
+        TOP,
+    )
 
 
 # -- report --------------------------------------------------------------------------------------
 
 
-def _fmt(value: float) -> str:
-    if abs(value) >= 10_000:
-        return f"{value:,.0f}"
-    if abs(value) >= 100:
-        return f"{value:.0f}"
-    return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
-
-
-def print_table(figures: Sequence[Figure]) -> None:
-    width = max(len(f.name) for f in figures)
-    print(f"\n{'figure':<{width}}  {'value':>12}  {'unit':<8}  {'target':<10}  result")
-    print("-" * (width + 46))
-    for f in figures:
-        result = "" if f.passed is None else ("PASS" if f.passed else "MISS")
-        print(f"{f.name:<{width}}  {_fmt(f.value):>12}  {f.unit:<8}  {f.target:<10}  {result}")
-
-
-def calibration_us() -> float:
-    """µs of a fixed pure-Python loop, to compare figures taken on different machines."""
-    best = float("inf")
-    for _ in range(20):
-        start = time.perf_counter_ns()
-        sum(range(1_000))
-        best = min(best, (time.perf_counter_ns() - start) / 1_000)
-    return best
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def environment() -> dict[str, Any]:
-    return {
-        "load_average_at_start": _load(),
-        "calibration_sum_range_1000_us": calibration_us(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "langchain_core": langchain_core.__version__,
-        "chainwatch": chainwatch.__version__,
-    }
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller N, well under a minute")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    parser.add_argument(
-        "--profile",
-        action="store_true",
-        help="instead of measuring, cProfile the chainwatch configuration on all threads",
+    parser = base_parser(
+        __doc__ or "", "smaller N, well under a minute",
+        "instead of measuring, cProfile the chainwatch configuration on all threads",
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
@@ -839,7 +708,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for var in ("LANGSMITH_TRACING", "LANGCHAIN_TRACING_V2", "LANGCHAIN_TRACING"):
         os.environ.pop(var, None)
 
-    env = environment()
+    env = environment(langchain_core=langchain_core.__version__)
     print(
         f"chainwatch benchmark ({mode}): Python {env['python']}, "
         f"langchain-core {env['langchain_core']}, {env['cpus']} CPUs, "

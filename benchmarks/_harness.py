@@ -1,0 +1,168 @@
+"""What the benchmark scripts share: figures and their table, profiling, the machine's state."""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import platform
+import pstats
+import sys
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import chainwatch
+
+
+@dataclass
+class Figure:
+    """One printed row: a measured value, and its target when it has one."""
+
+    name: str
+    value: float
+    unit: str
+    target: str = ""
+    passed: bool | None = None
+
+def at_most(name: str, value: float, unit: str, limit: float, *, strict: bool = False) -> Figure:
+    """A figure whose target is an upper bound (`< limit` when strict, else `<= limit`)."""
+    passed = value < limit if strict else value <= limit
+    return Figure(name, value, unit, f"{'<' if strict else '<='} {limit:,g}", passed)
+
+def _rss_kb() -> float | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024
+    except (OSError, ValueError):
+        return None
+
+def _describe(stat: tracemalloc.StatisticDiff) -> str:
+    """Where the kept bytes were allocated, and the innermost chainwatch frame that led there."""
+    frames = list(stat.traceback)
+    allocated = frames[-1]
+    ours = next((f for f in reversed(frames) if "chainwatch" in f.filename), None)
+    via = f" via {_short(ours)}" if ours is not None and ours is not allocated else ""
+    size = f"+{stat.size_diff / 1024:.1f} KB in {stat.count_diff:+,} blocks"
+    return f"{size} at {_short(allocated)}{via}"
+
+def _short(frame: tracemalloc.Frame) -> str:
+    return f"{'/'.join(Path(frame.filename).parts[-3:])}:{frame.lineno}"
+
+class AllThreadsProfile:
+    """cProfile on this thread and on every thread started while it is on.
+
+    Frameworks run branches on pool threads, and chainwatch writes and runs hooks on threads
+    of its own; each new thread gets its own profiler, merged by thread group. Python 3.11
+    cannot profile threads that already exist, so this runs in a fresh process.
+    """
+
+    def __init__(self) -> None:
+        self.profiles: list[tuple[str, cProfile.Profile]] = []
+        self._lock = threading.Lock()
+
+    def _hook(self, frame: Any, event: str, arg: Any) -> None:
+        profile = cProfile.Profile()
+        with self._lock:
+            self.profiles.append((threading.current_thread().name, profile))
+        profile.enable()
+
+    def __enter__(self) -> AllThreadsProfile:
+        threading.setprofile(self._hook)
+        self._main = cProfile.Profile()
+        self._main.enable()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._main.disable()
+        threading.setprofile(None)  # type: ignore[arg-type]
+        self.profiles.append(("main", self._main))
+
+    def stats(self, group: Callable[[str], bool]) -> pstats.Stats | None:
+        """The merged profile of the threads whose name `group` accepts."""
+        chosen = [profile for name, profile in self.profiles if group(name)]
+        if not chosen:
+            return None
+        merged = pstats.Stats(chosen[0], stream=io.StringIO())
+        for profile in chosen[1:]:
+            merged.add(profile)
+        return merged
+
+def _fmt(value: float) -> str:
+    if abs(value) >= 10_000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
+
+def print_table(figures: Sequence[Figure]) -> None:
+    width = max(len(f.name) for f in figures)
+    print(f"\n{'figure':<{width}}  {'value':>12}  {'unit':<8}  {'target':<10}  result")
+    print("-" * (width + 46))
+    for f in figures:
+        result = "" if f.passed is None else ("PASS" if f.passed else "MISS")
+        print(f"{f.name:<{width}}  {_fmt(f.value):>12}  {f.unit:<8}  {f.target:<10}  {result}")
+
+def calibration_us() -> float:
+    """µs of a fixed pure-Python loop, to compare figures taken on different machines."""
+    best = float("inf")
+    for _ in range(20):
+        start = time.perf_counter_ns()
+        sum(range(1_000))
+        best = min(best, (time.perf_counter_ns() - start) / 1_000)
+    return best
+
+def _load() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+def environment(**versions: str) -> dict[str, Any]:
+    """The machine and versions a run was measured on (load average first: it moves most)."""
+    return {
+        "load_average_at_start": _load(),
+        "calibration_sum_range_1000_us": calibration_us(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        **versions,
+        "chainwatch": chainwatch.__version__,
+    }
+
+
+def print_profiles(
+    prof: AllThreadsProfile,
+    groups: Sequence[tuple[str, Callable[[str], bool]]],
+    heading: Callable[[str, int], str],
+    top: int,
+) -> dict[str, str]:
+    """Print the top `top` cumulative entries inside chainwatch for each thread group."""
+    out: dict[str, str] = {}
+    for title, group in groups:
+        stats = prof.stats(group)
+        if stats is None:
+            continue
+        stream = io.StringIO()
+        stats.stream = stream  # type: ignore[attr-defined]
+        stats.sort_stats("cumulative").print_stats(r"chainwatch[/\\]", top)
+        text = stream.getvalue()
+        body = text[text.find("   ncalls") :] if "   ncalls" in text else text
+        print(f"\n{heading(title, top)}")
+        print(body.rstrip())
+        out[title] = body
+    return out
+
+
+def base_parser(doc: str, quick_help: str, profile_help: str) -> argparse.ArgumentParser:
+    """The flags every benchmark script takes: --quick, --json PATH, --profile."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--profile", action="store_true", help=profile_help)
+    return parser
