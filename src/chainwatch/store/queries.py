@@ -60,10 +60,10 @@ def open_read(db: str | os.PathLike[str] | None) -> Any:
     if not path.exists():
         raise FileNotFoundError(f"no chainwatch database at {path}")
     writer.flush_all()
-    db = database.connect(Path(path))
+    store = database.connect(Path(path))
     # Reports build temp tables of the traces in scope: keep them in memory, not in files.
-    db.conn.execute("PRAGMA temp_store = MEMORY")
-    return db
+    store.conn.execute("PRAGMA temp_store = MEMORY")
+    return store
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
