@@ -63,8 +63,13 @@ def _value(event_type: Any) -> str:
 
 
 def _payload_get(payload: Any, key: str) -> Any:
+    """A payload value by its EventPayload name (payload keys are enum members or strings)."""
     if not payload:
         return None
+    # EventPayload is a str enum: its members hash and compare as their values.
+    value = payload.get(key)
+    if value is not None or key in payload:
+        return value
     for k, v in payload.items():
         if _value(k) == key:
             return v

@@ -80,12 +80,21 @@ def kind_of(instance: Any, method: str | None = None) -> str:
     """
     if instance is None:
         return "chain"
-    for cls, kind in _kinds():
-        if isinstance(instance, cls):
-            if kind == "llm" and method is not None and method not in _MODEL_METHODS:
-                return "chain"
-            return kind
-    return "chain"
+    key = (type(instance), method)
+    kind = _kind_cache.get(key)
+    if kind is None:
+        kind = "chain"
+        for cls, candidate in _kinds():
+            if isinstance(instance, cls):
+                llm_helper = candidate == "llm" and method is not None
+                kind = "chain" if llm_helper and method not in _MODEL_METHODS else candidate
+                break
+        if len(_kind_cache) < 4096:
+            _kind_cache[key] = kind
+    return kind
+
+
+_kind_cache: dict[tuple[type, str | None], str] = {}
 
 
 def span_name(id_: str) -> str:
