@@ -153,6 +153,7 @@ def run_batch(
 
 
 _BATCH = 200
+_OPEN_STORES = 4
 
 
 class _Job:
@@ -213,9 +214,13 @@ class HookRunner:
                 self._thread.start()
 
     def _store(self, path: Path) -> Store:
-        store = self._stores.get(path)
+        store = self._stores.pop(path, None)
         if store is None:
-            store = self._stores[path] = Store(path)
+            store = Store(path)
+            while len(self._stores) >= _OPEN_STORES:
+                # The least recently used database's connection is closed, not leaked.
+                self._stores.pop(next(iter(self._stores))).close()
+        self._stores[path] = store
         return store
 
     def _run(self) -> None:

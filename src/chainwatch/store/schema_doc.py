@@ -188,7 +188,14 @@ DOCS: dict[str, dict[str, str]] = {
 
 def schema_markdown() -> str:
     """Every table and view with its columns, types and meaning, from the migrations."""
-    db = Database(sqlite3.connect(":memory:", isolation_level=None), execute_plugins=False)
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        return _markdown(Database(conn, execute_plugins=False))
+    finally:
+        conn.close()
+
+
+def _markdown(db: Database) -> str:
     migrations.apply(db)
     out = [BEGIN, ""]
     names = [t.name for t in db.tables if not t.name.startswith("_")]
