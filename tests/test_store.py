@@ -198,7 +198,10 @@ def test_schema_after_migration_is_exact(handler: ChainWatchHandler, db_path: Pa
         assert applied[:2] == ["m001_initial", "m002_traces_view"]
         # every registered migration, in order, and nothing else
         empty = Database(sqlite3.connect(":memory:"), execute_plugins=False)
-        assert applied == [m.name for m in migrations.migrations.pending(empty)]
+        try:
+            assert applied == [m.name for m in migrations.migrations.pending(empty)]
+        finally:
+            empty.conn.close()
         assert all(re.fullmatch(r"m\d{3}_[a-z0-9_]+", name) for name in applied)
         assert [int(name[1:4]) for name in applied] == list(range(1, len(applied) + 1))
     finally:
