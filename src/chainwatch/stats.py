@@ -99,7 +99,9 @@ def rate_test(k1: int, n1: int, k2: int, n2: int, *, exact: bool | None = None) 
         scipy_stats = _scipy_stats()
         if scipy_stats is not None:
             _, p = scipy_stats.fisher_exact([[k1, n1 - k1], [k2, n2 - k2]])  # type: ignore[attr-defined]
-            return TestResult("fisher_exact", float(k2 / n2 - k1 / n1), float(p))
+            p_value = float(p)
+            return TestResult("fisher_exact", float(k2 / n2 - k1 / n1),
+                              p_value if math.isfinite(p_value) else 1.0)
         return TestResult("fisher_exact", k2 / n2 - k1 / n1, fisher_exact(k1, n1, k2, n2))
     se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
     if se == 0:
@@ -115,7 +117,10 @@ def mann_whitney(baseline: Sequence[float], current: Sequence[float]) -> TestRes
         result = scipy_stats.mannwhitneyu(  # type: ignore[attr-defined]
             current, baseline, alternative="two-sided"
         )
-        return TestResult("mann_whitney_u", float(result.statistic), float(result.pvalue))
+        p_value = float(result.pvalue)
+        # Newer SciPy answers NaN when both samples are one repeated value: no evidence.
+        return TestResult("mann_whitney_u", float(result.statistic),
+                          p_value if math.isfinite(p_value) else 1.0)
     n1, n2 = len(baseline), len(current)
     ordered = sorted(baseline)
     u = 0.0
@@ -160,6 +165,7 @@ def spread(values: Sequence[float]) -> float:
 
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm-adjusted p-values, in the input order."""
+    p_values = [p if math.isfinite(p) else 1.0 for p in p_values]
     m = len(p_values)
     order = sorted(range(m), key=p_values.__getitem__)
     adjusted = [0.0] * m
