@@ -35,17 +35,7 @@ def _trace_ids(
     first_n: int | None = None,
     last_n: int | None = None,
 ) -> list[str]:
-    where = ["span_id = trace_id"]
-    params: list[Any] = []
-    if since:
-        where.append("start_time >= ?")
-        params.append(since)
-    if until:
-        where.append("start_time < ?")
-        params.append(until)
-    for tag in tags or ():
-        where.append("EXISTS (SELECT 1 FROM json_each(spans.tags) WHERE json_each.value = ?)")
-        params.append(tag)
+    where, params = queries.root_filters(since=since, until=until, tags=tags)
     order = "DESC" if last_n is not None else "ASC"
     limit = last_n if last_n is not None else first_n
     sql = f"SELECT trace_id FROM spans WHERE {' AND '.join(where)} ORDER BY start_time {order}"

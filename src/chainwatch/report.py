@@ -73,21 +73,9 @@ def _filters(
     since: str | None, until: str | None, tags: list[str] | None, session_id: str | None,
     user_id: str | None, name: str | None,
 ) -> tuple[list[str], list[Any]]:
-    where, params = ["1"], []
-    if since:
-        where.append("start_time >= ?")
-        params.append(since)
-    if until:
-        where.append("start_time < ?")
-        params.append(until)
-    for tag in tags or ():
-        where.append("EXISTS (SELECT 1 FROM json_each(spans.tags) WHERE json_each.value = ?)")
-        params.append(tag)
-    for column, value in (("session_id", session_id), ("user_id", user_id), ("name", name)):
-        if value:
-            where.append(f"{column} = ?")
-            params.append(value)
-    return where, params
+    return queries.root_filters(
+        since=since, until=until, tags=tags, session_id=session_id, user_id=user_id, name=name
+    )
 
 
 

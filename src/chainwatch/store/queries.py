@@ -77,6 +77,46 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def root_filters(
+    *,
+    since: str | None = None,
+    until: str | None = None,
+    tags: Sequence[str] | None = None,
+    name: str | None = None,
+    status: str | None = None,
+    session_id: str | None = None,
+    user_id: str | None = None,
+    table: str = "spans",
+) -> tuple[list[str], list[Any]]:
+    """SQL conditions (and their parameters) on root spans of `table`, for every filter given.
+
+    Raises:
+        ValueError: for a status other than ok or error.
+    """
+    where = [f"{table}.span_id = {table}.trace_id"]
+    params: list[Any] = []
+    if since:
+        where.append(f"{table}.start_time >= ?")
+        params.append(since)
+    if until:
+        where.append(f"{table}.start_time < ?")
+        params.append(until)
+    if status:
+        if status not in ("ok", "error"):
+            raise ValueError("status must be 'ok' or 'error'")
+    for tag in tags or ():
+        where.append(
+            f"EXISTS (SELECT 1 FROM json_each({table}.tags) WHERE json_each.value = ?)"
+        )
+        params.append(tag)
+    for column, value in (("name", name), ("status", status), ("session_id", session_id),
+                          ("user_id", user_id)):
+        if value:
+            where.append(f"{table}.{column} = ?")
+            params.append(value)
+    return where, params
+
+
 def trace_rows(
     db: Any,
     *,
@@ -90,31 +130,10 @@ def trace_rows(
     limit: int | None = 100,
 ) -> list[dict[str, Any]]:
     """Traces (newest first) whose root span matches every filter given."""
-    where = ["r.span_id = r.trace_id"]
-    params: list[Any] = []
-    if since:
-        where.append("r.start_time >= ?")
-        params.append(since)
-    if until:
-        where.append("r.start_time < ?")
-        params.append(until)
-    if name:
-        where.append("r.name = ?")
-        params.append(name)
-    if status:
-        if status not in ("ok", "error"):
-            raise ValueError("status must be 'ok' or 'error'")
-        where.append("r.status = ?")
-        params.append(status)
-    for tag in tags or ():
-        where.append("EXISTS (SELECT 1 FROM json_each(r.tags) WHERE json_each.value = ?)")
-        params.append(tag)
-    if session_id:
-        where.append("r.session_id = ?")
-        params.append(session_id)
-    if user_id:
-        where.append("r.user_id = ?")
-        params.append(user_id)
+    where, params = root_filters(
+        since=since, until=until, tags=tags, name=name, status=status,
+        session_id=session_id, user_id=user_id, table="r",
+    )
     limit_sql = ""
     if limit is not None:
         limit_sql = "LIMIT ?"
