@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -18,8 +16,6 @@ from .recorder import Recorder
 from .report import note_trace
 from .store import database, writer
 from .store.rows import RowSettings
-
-_live: weakref.WeakSet[ChainWatchHandler] = weakref.WeakSet()
 
 
 class HandlerConfig(BaseModel):
@@ -146,8 +142,6 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
         self._metadata = config.metadata or None
         self._user_id = config.user_id
         self._session_id = config.session_id
-        self._lock = threading.Lock()
-        _live.add(self)
 
     @property
     def recorder(self) -> Recorder:
@@ -186,8 +180,3 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
 
     def __repr__(self) -> str:
         return f"ChainWatchHandler(db={str(self.db_path)!r})"
-
-
-def flush_live_handlers(timeout: float | None = 30.0) -> bool:
-    """Flush every writer of this process, so reads see what was recorded."""
-    return writer.flush_all(timeout)

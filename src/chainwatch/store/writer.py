@@ -2,7 +2,7 @@
 
 Callers append finished spans to a bounded deque and return; a full queue drops the span and
 counts it. The writer thread drains the deque in batches, each one `BEGIN IMMEDIATE`
-transaction, and after a batch commits it tells the listeners which traces completed in it.
+transaction, and after a batch commits it calls back for each trace that completed in it.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from typing import Any
 from .._errors import internal_error, logger
 from ..spans import SpanRecord
 from . import database, rows
-
-TraceListener = Callable[[str], None]
 
 _BATCH_MAX = 5_000
 _WAKE_AT = 256
@@ -54,7 +52,6 @@ class Writer:
             raise ValueError("queue_size must be at least 1")
         self.path = path
         self.queue_size = queue_size
-        self.listeners: list[TraceListener] = []
         self.dropped = 0
         self.written = 0
         self.write_errors = 0
@@ -89,7 +86,7 @@ class Writer:
         self._queue.append(_TraceDone(trace_id, callback))
 
     def flush(self, timeout: float | None = 30.0) -> bool:
-        """Block until everything queued so far is committed (and listeners called)."""
+        """Block until everything queued so far is committed (and trace callbacks called)."""
         if self._thread is None and not self._queue:
             return True
         token = _Token()
@@ -171,12 +168,12 @@ class Writer:
         if spans or events:
             self._commit(conn, spans, events)
         for marker in done:
-            callbacks = [marker.callback] if marker.callback is not None else []
-            for callback in callbacks + list(self.listeners):
-                try:
-                    callback(marker.trace_id)
-                except Exception as exc:
-                    self._internal("writer.listener", exc)
+            if marker.callback is None:
+                continue
+            try:
+                marker.callback(marker.trace_id)
+            except Exception as exc:
+                self._internal("writer.listener", exc)
         for token in tokens:
             token.done.set()
 
