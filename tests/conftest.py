@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,31 @@ def handler(db_path: Path) -> Iterator[ChainWatchHandler]:
 def fake_openai() -> Iterator[FakeOpenAI]:
     with FakeOpenAI() as server:
         yield server
+
+
+@pytest.fixture
+def make_handler(db_path: Path) -> Iterator[Callable[..., ChainWatchHandler]]:
+    """Handlers on the test's database, shut down after the test."""
+    made: list[ChainWatchHandler] = []
+
+    def make(**kwargs: Any) -> ChainWatchHandler:
+        h = ChainWatchHandler(db_path, **kwargs)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.shutdown()
+
+
+def rows(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """The rows of any query, as dicts, through a plain sqlite3 connection."""
+    conn = sqlite3.connect(db_path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(sql, params)]
+    finally:
+        conn.close()
 
 
 def read_spans(path: Path) -> list[dict[str, Any]]:

@@ -8,9 +8,8 @@ never by comparing wall-clock times.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,36 +23,12 @@ import chainwatch
 from chainwatch import ChainWatchHandler, Trace
 from chainwatch.hooks import Store
 from chainwatch.quality import QualityHook
-from conftest import read_spans
+from conftest import read_spans, rows
 
 Row = dict[str, Any]
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_handler(db_path: Path) -> Iterator[Callable[..., ChainWatchHandler]]:
-    """Handlers on the test's database, shut down after the test."""
-    made: list[ChainWatchHandler] = []
-
-    def make(**kwargs: Any) -> ChainWatchHandler:
-        h = ChainWatchHandler(db_path, **kwargs)
-        made.append(h)
-        return h
-
-    yield make
-    for h in made:
-        h.shutdown()
-
-
-def rows(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
-    conn = sqlite3.connect(db_path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(sql, params)]
-    finally:
-        conn.close()
 
 
 def hook_runs(db_path: Path) -> list[Row]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,21 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel, FakeListChatModel, GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.prompts import ChatPromptTemplate
-from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrough
 from pydantic import PrivateAttr
 
 import chainwatch
 from chainwatch import ChainWatchHandler
 from chainwatch.judge import Judge, JudgeScore, evaluate_factual_accuracy, parse_reply
-from conftest import pop_span, read_spans
+from conftest import pop_span, read_spans, rows
+from langchain_support import KeywordRetriever
 from llama_support import llama_settings
 
 Row = dict[str, Any]
@@ -41,55 +39,14 @@ GOOD = '{"score": 8, "reason": "Directly answers the question."}'
 # -- helpers ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def make_handler(db_path: Path) -> Iterator[Callable[..., ChainWatchHandler]]:
-    made: list[ChainWatchHandler] = []
-
-    def make(**kwargs: Any) -> ChainWatchHandler:
-        h = ChainWatchHandler(db_path, **kwargs)
-        made.append(h)
-        return h
-
-    yield make
-    for h in made:
-        h.shutdown()
-
-
-def rows(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
-    conn = sqlite3.connect(db_path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(sql, params)]
-    finally:
-        conn.close()
-
-
 def judgements(db_path: Path) -> list[Row]:
     return rows(db_path, "SELECT * FROM judgements ORDER BY id")
 
 
 def settle(handler: ChainWatchHandler) -> None:
-    """handler.flush(), then one more writer flush for spans the judge queued on the hook thread.
-
-    The extra flush works around the bug shown by
-    `test_flush_makes_the_judges_evaluator_spans_visible`, so the other tests check one thing.
-    """
+    """handler.flush() (which now also writes the judge's spans), then the writer once more."""
     assert handler.flush()
     assert handler._writer.flush()
-
-
-class KeywordRetriever(BaseRetriever):
-    docs: list[str]
-
-    def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
-    ) -> list[Document]:
-        words = {w.strip("?.,").lower() for w in query.split() if len(w) >= 4}
-        return [
-            Document(page_content=d)
-            for d in self.docs
-            if words & {w.strip(".,").lower() for w in d.split()}
-        ]
 
 
 def qa_chain(model: BaseChatModel) -> Runnable[str, str]:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel, FakeListChatModel
 from langchain_core.messages import BaseMessage
@@ -26,6 +25,7 @@ from chainwatch import ChainWatchHandler
 from chainwatch.quality import analyze_response, detect_hedging, groundedness, sentiment
 from chainwatch.refusal import detect_refusal
 from conftest import read_spans
+from langchain_support import KeywordRetriever
 from llama_support import llama_settings
 
 Row = dict[str, Any]
@@ -73,22 +73,6 @@ def by_answer(rows: list[Row]) -> dict[str, Row]:
         keyed[outputs["content"]] = row
     assert len(keyed) == len(rows)
     return keyed
-
-
-class KeywordRetriever(BaseRetriever):
-    """A real LangChain retriever: documents sharing a word of four letters or more."""
-
-    docs: list[str]
-
-    def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
-    ) -> list[Document]:
-        words = {w.strip("?.,").lower() for w in query.split() if len(w) >= 4}
-        return [
-            Document(page_content=d)
-            for d in self.docs
-            if words & {w.strip(".,").lower() for w in d.split()}
-        ]
 
 
 def qa_chain(model: BaseChatModel) -> Runnable[str, str]:
