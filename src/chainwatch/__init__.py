@@ -69,20 +69,8 @@ def report(
     """
     from .report import compute
 
-    data = compute(db=db, since=since, until=until, tags=tags, session_id=session_id,
+    return compute(db=db, since=since, until=until, tags=tags, session_id=session_id,
                    user_id=user_id, model=model, name=name, top=top)
-    linked = dict.fromkeys(t.trace_id for t in [*data.slowest, *data.most_expensive,
-                                                *data.failed])
-    views = {}
-    if linked:
-        database = queries.open_read(db)
-        try:
-            for trace_id in linked:
-                spans = queries.span_rows(database, trace_id)
-                views[trace_id] = Trace(spans, queries.event_rows(database, trace_id))
-        finally:
-            database.conn.close()
-    return Report(data, views)
 
 
 def flush(timeout: float | None = 30.0) -> bool:

@@ -26,8 +26,10 @@ from .report_models import (
     Summary,
     TraceRow,
 )
+from .report_render import Report
 from .store import queries
 from .store.queries import percentile
+from .views import Trace
 
 _BATCH_MAX = 1_000
 _SERIES_POINTS = 5_000
@@ -341,8 +343,8 @@ def compute(
     model: str | None = None,
     name: str | None = None,
     top: int = 5,
-) -> ReportData:
-    """The report's data for a scope: this process's last batch by default, else the filters."""
+) -> Report:
+    """The report for a scope: this process's last batch by default, else the filters."""
     from .store import database
 
     path = database.resolve_path(db)
@@ -374,7 +376,15 @@ def compute(
                      ("model", model), ("name", name)) if v]
             description = "traces with " + ", ".join(parts) if parts else "all traces"
         scope = Scope(description=description, since=since_iso, until=until_iso, db=str(path))
-        return build(conn, ids, scope, model=model, top=top, where=" AND ".join(where),
+        data = build(conn, ids, scope, model=model, top=top, where=" AND ".join(where),
                      params=params)
+        # The listed traces' waterfalls, read on the same connection: the report links them.
+        linked = list(dict.fromkeys(
+            t.trace_id for t in [*data.slowest, *data.most_expensive, *data.failed]
+        ))
+        spans = queries.spans_of_traces(store, linked)
+        events = queries.events_of_traces(store, linked)
+        views = {t: Trace(spans[t], events.get(t, [])) for t in linked if t in spans}
+        return Report(data, views)
     finally:
         store.conn.close()
