@@ -17,13 +17,13 @@ from typing import Any
 from .report_models import (
     AlertRow,
     Breakdown,
+    CallSummary,
     DriftSection,
     ErrorGroup,
     Quality,
     ReportData,
     Scope,
     Series,
-    Summary,
     TraceRow,
 )
 from .report_render import Report
@@ -195,7 +195,7 @@ def _add(total: Any, value: Any) -> Any:
 def _summary(
     conn: Any, groups: list[tuple[Any, ...]], latencies: list[tuple[Any, ...]],
     ttfts: list[float],
-) -> Summary:
+) -> CallSummary:
     n = sum(g[2] for g in groups)
     tokens = tokens_known = cost_known = errors = unpriced = 0
     cost: float | None = None
@@ -210,7 +210,7 @@ def _summary(
     traces, failed = conn.execute(
         "SELECT COUNT(*), SUM(status = 'error') FROM _scope"
     ).fetchone()
-    return Summary(
+    return CallSummary(
         traces=traces,
         llm_calls=n,
         latency_p50_ms=percentile(durations, 50),

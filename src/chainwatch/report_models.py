@@ -15,7 +15,7 @@ class Scope(BaseModel):
     db: str = ""
 
 
-class Summary(BaseModel):
+class CallSummary(BaseModel):
     """The seed's summary of the model calls in scope."""
 
     traces: int = 0
@@ -116,7 +116,7 @@ class ReportData(BaseModel):
     """Everything a report shows, JSON-serialisable."""
 
     scope: Scope
-    summary: Summary
+    summary: CallSummary
     by_model: list[Breakdown] = Field(default_factory=list)
     by_chain: list[Breakdown] = Field(default_factory=list)
     slowest: list[TraceRow] = Field(default_factory=list)
