@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import pickle
 import re
 import sqlite3
 import uuid
@@ -397,7 +398,7 @@ def test_trace_to_pandas_has_one_row_per_span(recorded: Recorded) -> None:
     trace = chainwatch.trace(recorded.langchain, db=recorded.db)
     frame = trace.to_pandas()
     assert isinstance(frame, pd.DataFrame)
-    assert list(frame.columns) == [f.name for f in dataclasses.fields(Span)]
+    assert list(frame.columns) == list(Span.fields)
     spans = span_rows(recorded.db, recorded.langchain)
     assert len(frame) == len(spans)
     assert list(frame["span_id"]) == [s["span_id"] for s in spans]
@@ -447,3 +448,22 @@ def test_to_pandas_without_pandas_names_the_extra(
 def test_trace_needs_spans() -> None:
     with pytest.raises(ValueError):
         Trace([])
+
+
+def test_stored_spans_are_read_only_and_decode_json_on_first_read(recorded: Recorded) -> None:
+    trace = chainwatch.trace(recorded.manual, db=recorded.db)
+    span = trace.spans[0]
+    assert span.to_dict() == {name: getattr(span, name) for name in Span.fields}
+    with pytest.raises(AttributeError):
+        span.name = "renamed"  # type: ignore[misc]
+    again = chainwatch.trace(recorded.manual, db=recorded.db).spans[0]
+    assert again == span and again is not span
+    assert pickle.loads(pickle.dumps(span)) == span
+    assert repr(span).startswith(f"Span(span_id={span.span_id!r}, trace_id=")
+    # Built by hand, a span takes its fields by position or name, with the table's defaults.
+    made = Span(*(getattr(span, f) for f in Span.fields[:-3]))
+    assert made.counts_usage == 1 and made.cost_note is None
+    with pytest.raises(TypeError, match="missing"):
+        Span(span_id="s")
+    with pytest.raises(TypeError, match="no field"):
+        Span(*(getattr(span, f) for f in Span.fields), colour="red")

@@ -145,8 +145,8 @@ class Trace:
 
     def to_pandas(self) -> Any:
         """The spans as a pandas DataFrame (the `notebook` extra)."""
-        return _dataframe([_span_dict(s) for s in self.spans],
-                          columns=tuple(Span.__dataclass_fields__))
+        return _dataframe([s.to_dict() for s in self.spans],
+                          columns=Span.fields)
 
 
 _KIND_COLOURS = {"llm": "#8e6bd8", "retriever": "#2a9d8f", "tool": "#e0a030",
@@ -177,10 +177,6 @@ def _cell(value: Any) -> str:
 def _preview(value: Any, limit: int = 2000) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=1)
     return text if len(text) <= limit else text[:limit] + "…"
-
-
-def _span_dict(span: Span) -> dict[str, Any]:
-    return {name: getattr(span, name) for name in span.__dataclass_fields__}
 
 
 TRACE_COLUMNS = (

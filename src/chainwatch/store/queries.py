@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..spans import Span
+from ..spans import SPAN_FIELDS, Span
 from . import database, writer
 from .rows import iso_time
 
@@ -184,40 +184,14 @@ def span_rows(db: Any, trace_or_span_id: str) -> list[Span]:
     return _spans(cursor)
 
 
-_SPAN_FIELDS = frozenset(Span.__dataclass_fields__)
-
-
-_EMPTY_JSON = {"[]": list, "{}": dict}
-
-
-def _json_value(text: Any, empty: type) -> Any:
-    if text is None:
-        return empty() if empty is not type(None) else None
-    maker = _EMPTY_JSON.get(text)
-    if maker is not None:
-        return maker()
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def _spans(cursor: Any) -> list[Span]:
     names = [d[0] for d in cursor.description]
-    index = {name: i for i, name in enumerate(names)}
-    order = [index[f] for f in Span.__dataclass_fields__ if f in index]
-    fields = [f for f in Span.__dataclass_fields__ if f in index]
-    decode: dict[int, type] = {
-        fields.index("inputs"): type(None), fields.index("outputs"): type(None),
-        fields.index("tags"): list, fields.index("metadata"): dict,
-    }
-    spans = []
-    for values in cursor.fetchall():
-        args = [values[i] for i in order]
-        for position, empty in decode.items():
-            args[position] = _json_value(args[position], empty)
-        spans.append(Span(*args))
-    return spans
+    rows = cursor.fetchall()
+    if tuple(names) == SPAN_FIELDS:
+        return [Span.from_row(list(values)) for values in rows]
+    # A database with columns this version does not know: pick the known ones by name.
+    order = [names.index(f) for f in SPAN_FIELDS]
+    return [Span.from_row([values[i] for i in order]) for values in rows]
 
 
 def spans_of_traces(db: Any, trace_ids: Sequence[str]) -> dict[str, list[Span]]:
