@@ -63,6 +63,10 @@ class Store:
         """Collect writes until `commit_buffer()`."""
         self._buffer = {}
 
+    def has_buffered(self) -> bool:
+        """Whether writes are waiting for `commit_buffer()`."""
+        return bool(self._buffer)
+
     def commit_buffer(self) -> None:
         """Write what was collected, in one transaction."""
         pending, self._buffer = self._buffer or {}, None
@@ -116,16 +120,16 @@ def run_batch(
 ) -> dict[str, list[tuple[str, str]]]:
     """Run `hooks` on several stored traces, hook by hook, isolating every run.
 
-    Each hook sees every trace of the batch before the next hook starts, and its writes (and
-    the `hook_runs` rows) are committed in one transaction before the next hook runs, so a
-    later hook reads what an earlier one stored.
+    Each hook sees every trace of the batch before the next hook starts, and what it stores
+    (with the `hook_runs` rows so far) is committed in one transaction before the next hook
+    runs, so a later hook reads what an earlier one stored.
     """
     loaded = store.traces(trace_ids)
     traces = {t: loaded[t] for t in dict.fromkeys(trace_ids) if t in loaded}
     results: dict[str, list[tuple[str, str]]] = {t: [] for t in traces}
+    runs: list[tuple[Any, ...]] = []
     for hook in hooks:
         name = hook_name(hook)
-        runs = []
         store.buffered()
         try:
             for trace_id, trace in traces.items():
@@ -143,16 +147,30 @@ def run_batch(
                 runs.append((name, trace_id, status, iso_time(started), duration_ms, error))
                 results[trace_id].append((name, status))
         finally:
+            # A hook that stored nothing needs no transaction of its own: its `hook_runs` rows
+            # go with the next commit. One that stored something commits before the next hook
+            # runs, so that hook reads what this one wrote.
             try:
-                store.write(_HOOK_RUN_SQL, runs)
-                store.commit_buffer()
+                if store.has_buffered():
+                    store.write(_HOOK_RUN_SQL, runs)
+                    runs = []
+                    store.commit_buffer()
+                else:
+                    store._buffer = None
             except Exception as exc:
                 store._buffer = None
+                runs = []
                 internal_error("hooks.record", exc)
+    if runs:
+        try:
+            store.write(_HOOK_RUN_SQL, runs)
+        except Exception as exc:
+            internal_error("hooks.record", exc)
     return results
 
 
 _BATCH = 200
+_IDLE_S = 0.05
 _OPEN_STORES = 4
 
 
@@ -189,7 +207,10 @@ class HookRunner:
             return
         self._queue.append(_Job(hooks, trace_id, path))
         self._ensure_thread()
-        self._wake.set()
+        # Traces are taken in batches: each batch costs a read and a commit whatever its size,
+        # so the thread wakes on its own every _IDLE_S, or early for a full batch or a flush.
+        if len(self._queue) >= _BATCH:
+            self._wake.set()
 
     def flush(self, timeout: float | None = 60.0) -> bool:
         """Wait until every queued trace's hooks have run."""
@@ -225,7 +246,7 @@ class HookRunner:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(0.5)
+            self._wake.wait(_IDLE_S)
             self._wake.clear()
             while self._queue:
                 batch: list[_Job] = []
