@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
+import enum
 import json
 import logging
 import re
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -591,3 +595,53 @@ def test_sweep_closes_spans_that_never_end(db_path: Path) -> None:
     [row] = chainwatch.traces(db=db_path, name="stuck-agent")
     assert row["status"] == "error" and row["span_count"] == 2
     handler.shutdown()
+
+
+class _Colour(enum.Enum):
+    RED = "red"
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+    label: str
+
+
+def test_quick_and_careful_json_paths_store_the_same_document() -> None:
+    from langchain_core.messages import HumanMessage, SystemMessage
+    from langchain_core.prompt_values import ChatPromptValue
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from chainwatch._serialize import to_json, to_jsonable
+
+    message = AIMessage(
+        content="Paris.",
+        tool_calls=[{"name": "lookup", "args": {"city": "Paris"}, "id": "call-1"}],
+    )
+    node = NodeWithScore(node=TextNode(text="Paris is in France.", id_="n1"), score=0.5)
+    values: list[Any] = [
+        {"context": DOCS, "question": "What is the capital?"},
+        ChatPromptValue(messages=[SystemMessage(content="Be brief."), HumanMessage(content="Hi")]),
+        message,
+        [node],
+        {
+            "when": datetime.datetime(2026, 11, 27, 12, 0, tzinfo=datetime.timezone.utc),
+            "raw": b"\x00\x01",
+            "tags": {"a"},
+        },
+        {"colour": _Colour.RED, "point": _Point(1, "p"), "id": uuid.UUID(int=7)},
+    ]
+    for value in values:
+        quick = to_json(value)
+        assert quick is not None
+        assert json.loads(quick) == to_jsonable(value), value
+    shaped = json.loads(to_json(values[0]) or "")
+    assert shaped["context"][0] == {"content": DOCS[0].page_content, "metadata": {"id": 1}}
+    assert json.loads(to_json(message) or "")["role"] == "assistant"
+    assert json.loads(to_json([node]) or "")[0]["text"] == "Paris is in France."
+    # What the quick path cannot keep exact goes the careful way: NaN, cycles, long strings.
+    looped: dict[str, Any] = {"n": float("nan")}
+    looped["self"] = looped
+    assert json.loads(to_json(looped) or "") == {"n": "nan", "self": "<cycle>"}
+    long = {"doc": Document(page_content="x" * 1500)}
+    assert "[truncated" in json.loads(to_json(long, limit=1000) or "")["doc"]["content"]

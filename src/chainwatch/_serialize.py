@@ -123,73 +123,88 @@ class _Converter:
             if len(obj) > _MAX_ITEMS:
                 items.append(f"…{len(obj) - _MAX_ITEMS} more items")
             return items
-        shaped = self._shaped(obj, nxt)
-        if shaped is not None:
-            return shaped
-        if isinstance(obj, enum.Enum):
-            return self.convert(obj.value, nxt)
+        shaped = shape(obj)
+        if shaped is not _UNSHAPED:
+            return self.convert(shaped, nxt)
         return self._scalar(obj)
 
-    def _shaped(self, obj: Any, depth: int) -> Any:
-        """Framework objects recognised by their attributes."""
-        attrs = getattr(obj, "__dict__", None) or {}
-        cls = type(obj).__name__
-        if "content" in attrs and "type" in attrs and "Message" in cls:
-            kind = str(attrs["type"])
-            if kind.endswith("MessageChunk"):
-                kind = kind[: -len("MessageChunk")].lower()
-            role = _ROLES.get(kind) or attrs.get("role") or kind
-            out = {"role": role, "content": self.convert(attrs["content"], depth)}
-            for extra in ("name", "tool_calls", "tool_call_id"):
-                value = attrs.get(extra)
-                if value:
-                    out[extra] = self.convert(value, depth)
-            return out
-        if "node" in attrs and "score" in attrs:
-            node = attrs["node"]
-            return {
-                "id": getattr(node, "node_id", None),
-                "score": self.convert(attrs["score"], depth),
-                "text": self.convert(_node_text(node), depth),
-                "metadata": self.convert(getattr(node, "metadata", None) or {}, depth),
-            }
-        if "id_" in attrs and "embedding" in attrs:
-            return {
-                "id": attrs["id_"],
-                "text": self.convert(_node_text(obj), depth),
-                "metadata": self.convert(attrs.get("metadata") or {}, depth),
-            }
-        if "role" in attrs and "blocks" in attrs:
-            role = attrs["role"]
-            return {
-                "role": getattr(role, "value", role),
-                "content": self.convert(getattr(obj, "content", None), depth),
-            }
-        if cls in ("ChatResponse", "CompletionResponse"):
-            out = {"message": self.convert(attrs.get("message") or attrs.get("text"), depth)}
-            if attrs.get("additional_kwargs"):
-                out["additional_kwargs"] = self.convert(attrs["additional_kwargs"], depth)
-            return out
-        if cls.endswith("PromptValue"):
-            if "messages" in attrs:
-                return self.convert(attrs["messages"], depth)
-            if "text" in attrs:
-                return self.convert(attrs["text"], depth)
-        if "page_content" in attrs:
-            return {
-                "content": self.convert(attrs["page_content"], depth),
-                "metadata": self.convert(attrs.get("metadata") or {}, depth),
-            }
-        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            fields = {f.name: getattr(obj, f.name, None) for f in dataclasses.fields(obj)}
-            return self.convert(fields, depth)
-        dump = getattr(obj, "model_dump", None)
-        if callable(dump):
-            try:
-                return self.convert(dump(), depth)
-            except Exception:
-                return _safe_repr(obj, self.limit)
-        return None
+    def default(self, obj: Any) -> Any:
+        """`json` encoder fallback: one level of shaping; the C encoder does the rest.
+
+        Nothing is cut here; `_fast_json` checks the finished text and takes the careful
+        path when anything would need cutting.
+        """
+        shaped = shape(obj)
+        if shaped is not _UNSHAPED:
+            return shaped
+        if isinstance(obj, (set, frozenset)):
+            return list(obj)
+        if isinstance(obj, Mapping):
+            return dict(obj)
+        return self._scalar(obj)
+
+
+_UNSHAPED = object()
+
+
+def shape(obj: Any) -> Any:
+    """Framework objects recognised by their attributes, one level deep, values unconverted.
+
+    Returns `_UNSHAPED` for anything without a recognised shape.
+    """
+    try:
+        attrs = obj.__dict__
+    except AttributeError:
+        return _UNSHAPED
+    cls = type(obj).__name__
+    if "content" in attrs and "type" in attrs and "Message" in cls:
+        kind = str(attrs["type"])
+        if kind.endswith("MessageChunk"):
+            kind = kind[: -len("MessageChunk")].lower()
+        role = _ROLES.get(kind) or attrs.get("role") or kind
+        out = {"role": role, "content": attrs["content"]}
+        for extra in ("name", "tool_calls", "tool_call_id"):
+            value = attrs.get(extra)
+            if value:
+                out[extra] = value
+        return out
+    if "page_content" in attrs:
+        return {"content": attrs["page_content"], "metadata": attrs.get("metadata") or {}}
+    if "node" in attrs and "score" in attrs:
+        node = attrs["node"]
+        return {
+            "id": getattr(node, "node_id", None),
+            "score": attrs["score"],
+            "text": _node_text(node),
+            "metadata": getattr(node, "metadata", None) or {},
+        }
+    if "id_" in attrs and "embedding" in attrs:
+        metadata = attrs.get("metadata") or {}
+        return {"id": attrs["id_"], "text": _node_text(obj), "metadata": metadata}
+    if "role" in attrs and "blocks" in attrs:
+        role = attrs["role"]
+        return {"role": getattr(role, "value", role), "content": getattr(obj, "content", None)}
+    if cls in ("ChatResponse", "CompletionResponse"):
+        out = {"message": attrs.get("message") or attrs.get("text")}
+        if attrs.get("additional_kwargs"):
+            out["additional_kwargs"] = attrs["additional_kwargs"]
+        return out
+    if cls.endswith("PromptValue"):
+        if "messages" in attrs:
+            return attrs["messages"]
+        if "text" in attrs:
+            return attrs["text"]
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name, None) for f in dataclasses.fields(obj)}
+    dump = getattr(obj, "model_dump", None)
+    if callable(dump):
+        try:
+            return dump()
+        except Exception:
+            return _UNSHAPED
+    return _UNSHAPED
 
 
 def _node_text(node: Any) -> Any:
@@ -215,35 +230,20 @@ def _convert(obj: Any, limit: int) -> tuple[Any, int]:
         return f"<unserialisable {type(obj).__name__}: {type(exc).__name__}>", 0
 
 
-_PLAIN = (str, int, float, bool, type(None))
-_PLAIN_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
-
-
 def _fast_json(obj: Any, limit: int) -> str | None:
-    """The C encoder straight away when that is already right; None sends it the long way.
+    """The C encoder, with one level of shaping per framework object; None when not right.
 
-    Right means: plain types only (framework objects are converted by `default`), no NaN, no
-    cycle, no lone surrogate, and short enough that nothing needs cutting.
+    Right means: no NaN, no cycle, no lone surrogate, nothing the shapes do not cover, and
+    short enough that nothing needs cutting. Anything else takes the careful path.
     """
-    kind = type(obj)
-    if kind is str:
-        if len(obj) > limit:
-            return None
-    elif kind is not dict and kind is not list and kind not in _PLAIN:
+    if type(obj) is str and len(obj) > limit:
         return None
-    converter = None
+    converter = _Converter(limit)
     try:
-        text = _PLAIN_ENCODER.encode(obj)
-    except TypeError:
-        # Framework objects inside plain containers: let the converter shape them.
-        converter = _Converter(limit)
-        try:
-            text = json.dumps(obj, ensure_ascii=False, allow_nan=False, default=converter.convert)
-        except (TypeError, ValueError, RecursionError):
-            return None
-    except (ValueError, RecursionError):
+        text = json.dumps(obj, ensure_ascii=False, allow_nan=False, default=converter.default)
+    except (TypeError, ValueError, RecursionError):
         return None
-    if len(text) > limit or (converter is not None and converter.cut):
+    if len(text) > limit or converter.cut:
         return None
     if not text.isascii():
         try:
