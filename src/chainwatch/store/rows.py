@@ -64,8 +64,33 @@ def describe_exception(exc: BaseException) -> str:
     return f"{name}: {message}" if message else name
 
 
-def span_row(rec: SpanRecord, settings: RowSettings) -> tuple[Any, ...]:
-    """The `spans` row of a finished span, in SPAN_COLUMNS order."""
+def _payload(obj: Any, limit: int, seen: dict[int, tuple[Any, str | None]] | None) -> str | None:
+    """`to_json(obj)`, once per object per batch.
+
+    A RAG chain hands the same documents on from run to run, and a run's inputs are often
+    its parent's very object; the JSON is the same, so it is built once.
+    """
+    if obj is None:
+        return None
+    if seen is None or type(obj) is str:
+        return to_json(obj, limit)
+    hit = seen.get(id(obj))
+    if hit is not None and hit[0] is obj:
+        return hit[1]
+    text = to_json(obj, limit)
+    seen[id(obj)] = (obj, text)  # holding obj keeps its id from being reused in the batch
+    return text
+
+
+def span_row(
+    rec: SpanRecord,
+    settings: RowSettings,
+    seen: dict[int, tuple[Any, str | None]] | None = None,
+) -> tuple[Any, ...]:
+    """The `spans` row of a finished span, in SPAN_COLUMNS order.
+
+    `seen` (one dict per batch) lets spans written together share the JSON of a shared object.
+    """
     limit = settings.max_chars
     usage = rec.usage
     prompt = completion = total = cached = reasoning = None
@@ -106,10 +131,10 @@ def span_row(rec: SpanRecord, settings: RowSettings) -> tuple[Any, ...]:
         cost,
         rec.ttft_ns / 1e6 if rec.ttft_ns is not None else None,
         _text(rec.finish_reason, 100),
-        to_json(rec.inputs, limit) if settings.capture_inputs else None,
-        to_json(rec.outputs, limit) if settings.capture_outputs else None,
-        to_json(rec.tags, limit) if rec.tags else "[]",
-        to_json(metadata, limit) if metadata else "{}",
+        _payload(rec.inputs, limit, seen) if settings.capture_inputs else None,
+        _payload(rec.outputs, limit, seen) if settings.capture_outputs else None,
+        _payload(rec.tags, limit, seen) if rec.tags else "[]",
+        _payload(metadata, limit, seen) if metadata else "{}",
         _text(rec.user_id, 500),
         _text(rec.session_id, 500),
         _text(rec.usage_note, 500),

@@ -150,12 +150,13 @@ class Writer:
         events: list[tuple[Any, ...]] = []
         done: list[_TraceDone] = []
         tokens: list[_Token] = []
+        seen: dict[int, Any] = {}
         while queue and len(spans) < _BATCH_MAX:
             item = queue.popleft()
             if type(item) is tuple:
                 rec, settings = item
                 try:
-                    spans.append(rows.span_row(rec, settings))
+                    spans.append(rows.span_row(rec, settings, seen))
                     if rec.events or rec.extra:
                         events.extend(rows.event_rows(rec, settings))
                 except Exception as exc:
