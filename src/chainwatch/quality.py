@@ -160,6 +160,7 @@ def analyze_response(response: str | None, query: str | None = None) -> QualityR
     )
 
 
+@functools.lru_cache(maxsize=65_536)
 def _stem(word: str) -> str:
     for suffix in ("ingly", "edly", "ing", "ies", "ied", "es", "ed", "ly", "s"):
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
@@ -167,8 +168,19 @@ def _stem(word: str) -> str:
     return word
 
 
-def _content_words(text: str) -> set[str]:
-    return {_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOPWORDS and len(w) > 1}
+def _content_words(text: str) -> frozenset[str]:
+    return frozenset(
+        _stem(w) for w in _WORD.findall(text.lower()) if w not in _STOPWORDS and len(w) > 1
+    )
+
+
+# A RAG app retrieves the same chunks again and again: the words of a chunk of ordinary size
+# are read once (a few MB at most are kept).
+_cached_words = functools.lru_cache(maxsize=512)(_content_words)
+
+
+def _document_words(text: str) -> frozenset[str]:
+    return _cached_words(text) if len(text) <= 4_000 else _content_words(text)
 
 
 def groundedness(
@@ -187,7 +199,7 @@ def groundedness(
         return None, []
     vocabulary: set[str] = set()
     for doc in documents:
-        vocabulary |= _content_words(doc)
+        vocabulary |= _document_words(doc)
     judged = 0
     supported = 0
     unsupported: list[str] = []
