@@ -7,6 +7,7 @@ markdown and a self-contained HTML page (charts from `charts` when matplotlib is
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 import threading
@@ -88,20 +89,23 @@ _ROOT_COLUMNS = "trace_id, name, status, start_time, duration_ms, error"
 def _fill_scope(conn: Any, trace_ids: list[str] | None, where: str, params: list[Any]) -> None:
     """The roots in scope, once, in a temp table every section joins against."""
     conn.execute("DROP TABLE IF EXISTS temp._scope")
+    # No key to maintain: roots are unique by span_id already, and every join looks up spans.
     conn.execute(
-        "CREATE TEMP TABLE _scope (trace_id TEXT PRIMARY KEY, name TEXT, status TEXT, "
+        "CREATE TEMP TABLE _scope (trace_id TEXT, name TEXT, status TEXT, "
         "start_time TEXT, duration_ms REAL, error TEXT)"
     )
     if trace_ids is not None:
         conn.execute(
-            f"INSERT OR IGNORE INTO _scope SELECT {_ROOT_COLUMNS} FROM spans "
-            "WHERE span_id IN (SELECT value FROM json_each(?)) AND span_id = trace_id",
+            f"INSERT INTO _scope SELECT {_ROOT_COLUMNS} FROM spans "
+            "WHERE span_id IN (SELECT DISTINCT value FROM json_each(?)) AND span_id = trace_id "
+            "ORDER BY start_time, trace_id",
             [json.dumps(trace_ids)],
         )
     else:
         conn.execute(
-            f"INSERT OR IGNORE INTO _scope SELECT {_ROOT_COLUMNS} FROM spans "
-            f"WHERE span_id = trace_id AND kind != 'evaluator' AND {where}", params,
+            f"INSERT INTO _scope SELECT {_ROOT_COLUMNS} FROM spans "
+            f"WHERE span_id = trace_id AND kind != 'evaluator' AND {where} "
+            "ORDER BY start_time, trace_id", params,
         )
 
 
@@ -118,7 +122,7 @@ def build(
     if model:
         # A model's report covers the traces that called it.
         conn.execute(
-            "DELETE FROM _scope WHERE trace_id NOT IN (SELECT s.trace_id FROM _scope c JOIN "
+            "DELETE FROM _scope WHERE trace_id NOT IN (SELECT s.trace_id FROM _scope c CROSS JOIN "
             "spans s ON s.trace_id = c.trace_id AND s.kind = 'llm' WHERE s.counts_usage = 1 "
             "AND s.model = ?)", [model],
         )
@@ -128,22 +132,22 @@ def build(
     conn.execute(
         "CREATE TEMP TABLE _calls AS SELECT s.trace_id, s.model, c.name AS chain, "
         "s.duration_ms, s.ttft_ms, s.prompt_tokens, s.completion_tokens, s.total_tokens, "
-        "s.cost_usd, s.status, s.end_time FROM _scope c JOIN spans s ON s.trace_id = "
+        "s.cost_usd, s.status, s.end_time FROM _scope c CROSS JOIN spans s ON s.trace_id = "
         f"c.trace_id AND s.kind = 'llm' WHERE s.counts_usage = 1 {model_sql}",
         model_params,
     )
-    # One scan for every count and sum, grouped by model and chain (both additive), and one
-    # fetch of the latencies for the percentiles.
+    # One scan for every count and sum, grouped by model and chain (both additive), with each
+    # group's latencies as one string: a row per group instead of a row per call.
     groups = conn.execute(
         "SELECT COALESCE(model, 'unknown'), COALESCE(chain, 'unknown'), COUNT(*), "
         "SUM(prompt_tokens), SUM(completion_tokens), SUM(total_tokens), COUNT(total_tokens), "
         "SUM(cost_usd), COUNT(cost_usd), SUM(status = 'error'), "
-        "SUM(cost_usd IS NULL AND status = 'ok') FROM _calls GROUP BY 1, 2"
+        "SUM(cost_usd IS NULL AND status = 'ok'), group_concat(duration_ms) "
+        "FROM _calls GROUP BY 1, 2"
     ).fetchall()
-    latencies = conn.execute(
-        "SELECT COALESCE(model, 'unknown'), COALESCE(chain, 'unknown'), duration_ms "
-        "FROM _calls WHERE duration_ms IS NOT NULL"
-    ).fetchall()
+    latencies = {
+        (g[0], g[1]): sorted(map(float, g[11].split(","))) if g[11] else [] for g in groups
+    }
     ttfts = sorted(v for (v,) in conn.execute(
         "SELECT ttft_ms FROM _calls WHERE ttft_ms IS NOT NULL"))
     data = ReportData(scope=scope, summary=_summary(conn, groups, latencies, ttfts))
@@ -193,7 +197,7 @@ def _add(total: Any, value: Any) -> Any:
 
 
 def _summary(
-    conn: Any, groups: list[tuple[Any, ...]], latencies: list[tuple[Any, ...]],
+    conn: Any, groups: list[tuple[Any, ...]], latencies: dict[tuple[str, str], list[float]],
     ttfts: list[float],
 ) -> CallSummary:
     n = sum(g[2] for g in groups)
@@ -206,7 +210,8 @@ def _summary(
         cost_known += g[8]
         errors += g[9] or 0
         unpriced += g[10] or 0
-    durations = sorted(row[2] for row in latencies)
+    # Sorted runs, merged: Timsort finds the runs, so this is close to linear.
+    durations = sorted(itertools.chain.from_iterable(latencies.values()))
     traces, failed = conn.execute(
         "SELECT COUNT(*), SUM(status = 'error') FROM _scope"
     ).fetchone()
@@ -229,7 +234,7 @@ def _summary(
 
 
 def _breakdown(
-    groups: list[tuple[Any, ...]], latencies: list[tuple[Any, ...]], column: int
+    groups: list[tuple[Any, ...]], latencies: dict[tuple[str, str], list[float]], column: int
 ) -> list[Breakdown]:
     """Per model (column 0) or per chain (column 1), summed from the model-and-chain groups."""
     merged: dict[str, list[Any]] = {}
@@ -240,8 +245,8 @@ def _breakdown(
             acc[i] = _add(acc[i], value)
         acc[5] += g[9] or 0
     durations: dict[str, list[float]] = {}
-    for row in latencies:
-        durations.setdefault(row[column], []).append(row[2])
+    for group, values in latencies.items():
+        durations.setdefault(group[column], []).extend(values)
     out = [
         Breakdown(key=key, calls=acc[0], prompt_tokens=acc[1], completion_tokens=acc[2],
                   total_tokens=acc[3], cost_usd=acc[4], errors=acc[5],
@@ -264,7 +269,7 @@ def _series(conn: Any, total: int) -> Series:
 
 def _errors(conn: Any) -> list[ErrorGroup]:
     failed = conn.execute(
-        "SELECT s.span_id, s.parent_id, s.error, s.trace_id FROM _scope c JOIN spans s "
+        "SELECT s.span_id, s.parent_id, s.error, s.trace_id FROM _scope c CROSS JOIN spans s "
         "ON s.trace_id = c.trace_id AND s.status = 'error' WHERE s.error IS NOT NULL"
     ).fetchall()
     # An exception propagating up marks every ancestor: count it once, where it was raised.
@@ -285,16 +290,17 @@ def _quality(conn: Any, model_sql: str, params: list[Any]) -> Quality | None:
     join = "JOIN spans s ON s.span_id = q.span_id" if model_sql else ""
     row = conn.execute(
         "SELECT COUNT(*), AVG(q.has_refusal), AVG(q.has_hedging), AVG(q.sentiment_score), "
-        f"AVG(q.groundedness) FROM _scope c JOIN quality q ON q.trace_id = c.trace_id {join} "
+        f"AVG(q.groundedness) FROM _scope c CROSS JOIN quality q ON q.trace_id = c.trace_id {join} "
         f"WHERE 1 {model_sql}",
         params,
     ).fetchone()
     judges = dict(conn.execute(
-        "SELECT j.criterion, AVG(j.score) FROM _scope c JOIN judgements j "
+        "SELECT j.criterion, AVG(j.score) FROM _scope c CROSS JOIN judgements j "
         "ON j.trace_id = c.trace_id GROUP BY j.criterion"
     ).fetchall())
     feedback = conn.execute(
-        "SELECT COUNT(*), AVG(f.score) FROM _scope c JOIN feedback f ON f.trace_id = c.trace_id"
+        "SELECT COUNT(*), AVG(f.score) FROM _scope c CROSS JOIN feedback f "
+        "ON f.trace_id = c.trace_id"
     ).fetchone()
     if not row[0] and not judges and not feedback[0]:
         return None
