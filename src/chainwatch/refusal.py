@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import ahocorasick
+
 _FLAGS = 0  # patterns run on lower-cased text with straight apostrophes
 
 # "I" followed by a space or a contraction ("I'm", "I'd", "I'll").
@@ -287,25 +289,66 @@ def _blank(match: re.Match[str]) -> str:
     return "_" * len(match.group(0))
 
 
-def _windows(text: str, words: tuple[str, ...], before: int, after: int) -> list[tuple[int, int]]:
-    """Merged spans around each occurrence of `words`: where a rule's match must lie."""
-    spans: list[tuple[int, int]] = []
-    size = len(text)
+def _gate_automaton() -> Any:
+    """One Aho-Corasick automaton over every gate word: a single pass finds them all."""
+    automaton = ahocorasick.Automaton()
+    users: dict[str, set[str]] = {}
+    for rule, words in _GATES.items():
+        for word in words:
+            users.setdefault(word, set()).add(rule)
+    for word in _NEG_WORDS:
+        users.setdefault(word, set()).add(_LIMIT_GATE)
+
+    for word, rules in users.items():
+        automaton.add_word(word, (len(word), tuple(sorted(rules))))
+    automaton.make_automaton()
+    return automaton
+
+
+# A pseudo-rule for `_masked`: the negations a statement of limitation is found near.
+_LIMIT_GATE = "_limitation"
+
+
+def _finder(words: tuple[str, ...]) -> Any:
+    automaton = ahocorasick.Automaton()
     for word in words:
-        pos = text.find(word)
-        while pos != -1:
-            spans.append((max(0, pos - before), min(size, pos + len(word) + after)))
-            pos = text.find(word, pos + len(word))
-    if len(spans) > 1:
-        spans.sort()
-        merged = [spans[0]]
-        for lo, hi in spans[1:]:
-            if lo <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        automaton.add_word(word, word)
+    automaton.make_automaton()
+    return automaton
+
+
+def _has_any(finder: Any, text: str) -> bool:
+    for _ in finder.iter(text):
+        return True
+    return False
+
+
+def _gate_hits(text: str) -> dict[str, list[tuple[int, int]]]:
+    """Where each rule's gate words occur in `text`, as (start, end) by rule."""
+    hits: dict[str, list[tuple[int, int]]] = {}
+    for last, (length, rules) in _GATE_WORDS.iter(text):
+        where = (last + 1 - length, last + 1)
+        for rule in rules:
+            found = hits.get(rule)
+            if found is None:
+                hits[rule] = [where]
             else:
-                merged.append((lo, hi))
-        return merged
-    return spans
+                found.append(where)
+    return hits
+
+
+def _windows(
+    hits: list[tuple[int, int]], size: int, before: int, after: int
+) -> list[tuple[int, int]]:
+    """Merged spans around each gate word occurrence: where a rule's match must lie."""
+    spans = sorted((max(0, lo - before), min(size, hi + after)) for lo, hi in hits)
+    merged = [spans[0]]
+    for lo, hi in spans[1:]:
+        if lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
 
 
 def _search(pattern: re.Pattern[str], text: str, spans: list[tuple[int, int]]) -> list[Any]:
@@ -314,16 +357,28 @@ def _search(pattern: re.Pattern[str], text: str, spans: list[tuple[int, int]]) -
 
 def _mask(text: str) -> str:
     """Blank out quotes, idioms and statements of limitation in folded text, keeping offsets."""
+    return _masked(text)[0]
+
+
+def _masked(text: str) -> tuple[str, dict[str, list[tuple[int, int]]]]:
+    """`_mask(text)`, and where the gate words occur in it."""
     if '"' in text or " '" in text or ":'" in text or "('" in text:
         text = _QUOTED.sub(_blank, text)
-    if any(word in text for word in _IDIOM_WORDS):
-        text = _IDIOM.sub(_blank, text)
-    if any(word in text for word in _LIMIT_WORDS):
-        spans = _windows(text, _NEG_WORDS, 40, 90)
-        for match in _search(_LIMITATION, text, spans):
+    hits = _gate_hits(text)
+    changed = False
+    if _has_any(_IDIOM_FINDER, text):
+        masked = _IDIOM.sub(_blank, text)
+        changed = masked != text
+        text = masked
+    if _has_any(_LIMIT_FINDER, text):
+        # Negations blanked as idioms just above widen these windows; the pattern itself
+        # still needs the words, so nothing more is masked for it.
+        near = hits.get(_LIMIT_GATE)
+        for match in _search(_LIMITATION, text, _windows(near, len(text), 40, 90) if near else []):
             start, end = match.span()
             text = text[:start] + "_" * (end - start) + text[end:]
-    return text
+            changed = True
+    return text, (_gate_hits(text) if changed else hits)
 
 
 def _kind(text: str, end: int) -> str:
@@ -354,10 +409,13 @@ def detect_refusal(response: str, query: str | None = None) -> RefusalResult:
     else:
         regions = [(0, response[:_HEAD_CHARS]), (size - _TAIL_CHARS, response[-_TAIL_CHARS:])]
     for offset, region in regions:
-        masked = _mask(_fold(region))
+        masked, hits = _masked(_fold(region))
         for rule, pattern in _RULES:
+            found = hits.get(rule)
+            if found is None:
+                continue
             before, after = _REACH[rule]
-            for match in _search(pattern, masked, _windows(masked, _GATES[rule], before, after)):
+            for match in _search(pattern, masked, _windows(found, len(masked), before, after)):
                     if offset and _is_disclaimer(response, offset + match.start()):
                         continue
                     start, end = offset + match.start(), offset + match.end()
@@ -405,3 +463,8 @@ def _negated_premise(query: str | None, head: str) -> str | None:
     asked = {w for w in _WORD.findall(query.lower()) if w not in _COMMON}
     shared = asked & set(_WORD.findall(first.lower()))
     return first if len(shared) >= 2 else None
+
+
+_GATE_WORDS = _gate_automaton()
+_IDIOM_FINDER = _finder(_IDIOM_WORDS)
+_LIMIT_FINDER = _finder(_LIMIT_WORDS)
