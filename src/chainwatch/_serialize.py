@@ -13,8 +13,11 @@ import datetime
 import enum
 import json
 import math
+import sys
+import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 DEFAULT_MAX_CHARS = 32_000
@@ -230,6 +233,33 @@ def _convert(obj: Any, limit: int) -> tuple[Any, int]:
         return f"<unserialisable {type(obj).__name__}: {type(exc).__name__}>", 0
 
 
+# Quick encodings shape framework objects with a converter that cuts nothing (no limit), so
+# it keeps no state; the finished text's length decides whether cutting is due.
+_QUICK_DEFAULT = _Converter(sys.maxsize).default
+_QUICK_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=_QUICK_DEFAULT)
+_local = threading.local()
+
+
+def _quick_encoder() -> Callable[[Any], str]:
+    """This thread's C encoder, built once instead of once per document as `json` does."""
+    if c_make_encoder is None:
+        return _QUICK_ENCODER.encode
+    make: Any = c_make_encoder
+    # Same arguments `JSONEncoder.iterencode` passes: circular check, no indent, no sorting,
+    # no skipped keys, NaN refused.
+    encoder = make({}, _QUICK_DEFAULT, encode_basestring, None, ": ", ", ", False, False, False)
+
+    def encode(obj: Any) -> str:
+        try:
+            return "".join(encoder(obj, 0))
+        except BaseException:
+            # After a failure the circular-reference markers may be stale: start afresh.
+            _local.encode = None
+            raise
+
+    return encode
+
+
 def _fast_json(obj: Any, limit: int) -> str | None:
     """The C encoder, with one level of shaping per framework object; None when not right.
 
@@ -238,12 +268,14 @@ def _fast_json(obj: Any, limit: int) -> str | None:
     """
     if type(obj) is str and len(obj) > limit:
         return None
-    converter = _Converter(limit)
+    encode = getattr(_local, "encode", None)
+    if encode is None:
+        encode = _local.encode = _quick_encoder()
     try:
-        text = json.dumps(obj, ensure_ascii=False, allow_nan=False, default=converter.default)
+        text = encode(obj)
     except (TypeError, ValueError, RecursionError):
         return None
-    if len(text) > limit or converter.cut:
+    if len(text) > limit:
         return None
     if not text.isascii():
         try:
