@@ -1,5 +1,7 @@
 """Refusal detection: precision, recall and speed on the labelled sets, against the seed.
 
+Tuned on refusals.jsonl and refusals_more.jsonl; refusals_holdout.jsonl is never tuned on.
+
 Baselines measured in the same run: the seed's six regular expressions, and a prefix string
 matcher of the kind published with refusal benchmarks (an answer starting "I'm sorry", "As an
 AI", ...). Speed is CPU time per answer, best of several repeats.
@@ -70,7 +72,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     results: dict[str, dict[str, dict[str, float]]] = {}
-    for name in ("refusals.jsonl", "refusals_holdout.jsonl"):
+    for name in ("refusals.jsonl", "refusals_more.jsonl", "refusals_holdout.jsonl"):
         rows = [json.loads(line) for line in (DATA / name).read_text().splitlines() if line]
         results[name] = {}
         print(f"\n{name}: {len(rows)} answers, "
