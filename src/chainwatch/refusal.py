@@ -447,6 +447,10 @@ def _masked(text: str) -> tuple[str, dict[str, list[tuple[int, int]]]]:
         # Markdown block quotes hold what the user is to say or send, not the model's voice.
         text = _BLOCK_QUOTE.sub(_blank, text)
     hits = _gate_hits(text)
+    near = hits.get(_LIMIT_GATE)
+    if near is None:
+        # Idioms and statements of limitation all hold a negation ("can't", "won't", ...).
+        return text, hits
     changed = False
     if _has_any(_IDIOM_FINDER, text):
         masked = _IDIOM.sub(_blank, text)
@@ -455,8 +459,7 @@ def _masked(text: str) -> tuple[str, dict[str, list[tuple[int, int]]]]:
     if _has_any(_LIMIT_FINDER, text):
         # Negations blanked as idioms just above widen these windows; the pattern itself
         # still needs the words, so nothing more is masked for it.
-        near = hits.get(_LIMIT_GATE)
-        for match in _search(_LIMITATION, text, _windows(near, len(text), 40, 90) if near else []):
+        for match in _search(_LIMITATION, text, _windows(near, len(text), 40, 90)):
             start, end = match.span()
             text = text[:start] + "_" * (end - start) + text[end:]
             changed = True
@@ -490,8 +493,11 @@ def detect_refusal(response: str, query: str | None = None) -> RefusalResult:
         regions = [(0, response)]
     else:
         regions = [(0, response[:_HEAD_CHARS]), (size - _TAIL_CHARS, response[-_TAIL_CHARS:])]
+    head = None
     for offset, region in regions:
         masked, hits = _masked(_fold(region))
+        if offset == 0 and len(region) <= _HEAD_CHARS:
+            head = masked  # the whole answer is its head: mask it once
         for rule, pattern in _RULES:
             found = hits.get(rule)
             if found is None:
@@ -503,7 +509,8 @@ def detect_refusal(response: str, query: str | None = None) -> RefusalResult:
                     start, end = offset + match.start(), offset + match.end()
                     kind = _kind(_fold(response), end)
                     return RefusalResult(True, kind, rule, response[start:end])
-    head = _mask(_fold(response[:_HEAD_CHARS]))
+    if head is None:
+        head = _mask(_fold(response[:_HEAD_CHARS]))
     premise = _PREMISE.search(head)
     if premise is not None and _premise_is_harmful(query, head):
         return RefusalResult(
