@@ -25,6 +25,8 @@ from . import database, rows
 _BATCH_MAX = 5_000
 _WAKE_AT = 256
 _IDLE_S = 0.05
+_CHECKPOINT_PAGES = 8_000  # about 32 MB of WAL at SQLite's default 4 KB page
+_WAL_LIMIT_BYTES = 64 * 1024 * 1024
 
 
 class _Token:
@@ -133,16 +135,32 @@ class Writer:
                     return
                 time.sleep(1.0)
         conn = db.conn
+        # Checkpoint the WAL into the database less often, in larger steps (a page written
+        # many times between checkpoints is copied once), and when idle rather than mid-burst.
+        conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT_BYTES}")
+        unchecked = False
         try:
             while True:
-                self._wake.wait(_IDLE_S)
+                woken = self._wake.wait(_IDLE_S)
                 self._wake.clear()
+                if not woken and unchecked and not self._queue:
+                    unchecked = not self._checkpoint(conn)
                 while self._queue:
                     self._drain_once(conn)
+                    unchecked = True
                 if self._stopping and not self._queue:
                     return
         finally:
             conn.close()
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> bool:
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            return True
+        except Exception as exc:  # a busy database: the next idle tick tries again
+            logger.debug("chainwatch checkpoint of %s deferred: %r", self.path, exc)
+            return False
 
     def _drain_once(self, conn: sqlite3.Connection) -> None:
         queue = self._queue
