@@ -146,7 +146,17 @@ TRACES_VIEW_COLUMNS = [
 
 INDEXES = {
     "idx_spans_trace_id_kind": ("spans", ["trace_id", "kind"], 0),
-    "idx_spans_roots_start": ("spans", ["start_time"], 0),
+    "idx_spans_roots_cover": (
+        "spans",
+        ["start_time", "trace_id", "name", "status", "duration_ms", "error", "kind"],
+        0,
+    ),
+    "idx_spans_llm_cover": (
+        "spans",
+        ["trace_id", "counts_usage", "model", "duration_ms", "ttft_ms", "prompt_tokens",
+         "completion_tokens", "total_tokens", "cost_usd", "status", "end_time"],
+        0,
+    ),
     "idx_spans_errors": ("spans", ["trace_id"], 0),
     "idx_spans_kind_end_time": ("spans", ["kind", "end_time"], 0),
     "idx_span_events_trace_id": ("span_events", ["trace_id"], 0),

@@ -293,3 +293,22 @@ def m006_read_indexes(db: Database) -> None:
     # Every read by start time is a read of roots (the partial index); events are read by trace.
     db.execute("DROP INDEX IF EXISTS idx_spans_start_time")
     db.execute("DROP INDEX IF EXISTS idx_span_events_span_id")
+
+
+@migrations()
+def m007_covering_read_indexes(db: Database) -> None:
+    """Covering indexes for reports, which then read indexes instead of whole rows.
+
+    Roots carry the columns a report lists; model calls carry the ones it sums.
+    """
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS idx_spans_roots_cover ON spans (start_time, trace_id, name, "
+        "status, duration_ms, error, kind) WHERE span_id = trace_id"
+    )
+    # The covering index starts with start_time under the same condition: it replaces this.
+    db.execute("DROP INDEX IF EXISTS idx_spans_roots_start")
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS idx_spans_llm_cover ON spans (trace_id, counts_usage, model, "
+        "duration_ms, ttft_ms, prompt_tokens, completion_tokens, total_tokens, cost_usd, status, "
+        "end_time) WHERE kind = 'llm'"
+    )
