@@ -158,7 +158,7 @@ INDEXES = {
         0,
     ),
     "idx_spans_errors": ("spans", ["trace_id"], 0),
-    "idx_spans_kind_end_time": ("spans", ["kind", "end_time"], 0),
+    "idx_spans_llm_end": ("spans", ["end_time"], 0),
     "idx_span_events_trace_id": ("span_events", ["trace_id"], 0),
     "idx__sqlite_migrations_migration_set_name": (
         "_sqlite_migrations",

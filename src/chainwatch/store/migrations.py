@@ -299,7 +299,8 @@ def m006_read_indexes(db: Database) -> None:
 def m007_covering_read_indexes(db: Database) -> None:
     """Covering indexes for reports, which then read indexes instead of whole rows.
 
-    Roots carry the columns a report lists; model calls carry the ones it sums.
+    Roots carry the columns a report lists; model calls carry the ones it sums. Only model calls
+    are indexed by end time.
     """
     db.execute(
         "CREATE INDEX IF NOT EXISTS idx_spans_roots_cover ON spans (start_time, trace_id, name, "
@@ -312,3 +313,8 @@ def m007_covering_read_indexes(db: Database) -> None:
         "duration_ms, ttft_ms, prompt_tokens, completion_tokens, total_tokens, cost_usd, status, "
         "end_time) WHERE kind = 'llm'"
     )
+    # Reads by end time are reads of model calls (summary, alert windows): only they pay for it.
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS idx_spans_llm_end ON spans (end_time) WHERE kind = 'llm'"
+    )
+    db.execute("DROP INDEX IF EXISTS idx_spans_kind_end_time")
