@@ -610,6 +610,7 @@ class _Point:
 def test_quick_and_careful_json_paths_store_the_same_document() -> None:
     from langchain_core.messages import HumanMessage, SystemMessage
     from langchain_core.prompt_values import ChatPromptValue
+    from llama_index.core.prompts import PromptTemplate, SelectorPromptTemplate
     from llama_index.core.schema import NodeWithScore, TextNode
 
     from chainwatch._serialize import to_json, to_jsonable
@@ -619,11 +620,14 @@ def test_quick_and_careful_json_paths_store_the_same_document() -> None:
         tool_calls=[{"name": "lookup", "args": {"city": "Paris"}, "id": "call-1"}],
     )
     node = NodeWithScore(node=TextNode(text="Paris is in France.", id_="n1"), score=0.5)
+    prompt = PromptTemplate("Context: {context}\nQ: {question}").partial_format(context="Paris")
+    selector = SelectorPromptTemplate(default_template=prompt)
     values: list[Any] = [
         {"context": DOCS, "question": "What is the capital?"},
         ChatPromptValue(messages=[SystemMessage(content="Be brief."), HumanMessage(content="Hi")]),
         message,
         [node],
+        {"prompt": prompt, "selector": selector},
         {
             "when": datetime.datetime(2026, 11, 27, 12, 0, tzinfo=datetime.timezone.utc),
             "raw": b"\x00\x01",
@@ -639,6 +643,10 @@ def test_quick_and_careful_json_paths_store_the_same_document() -> None:
     assert shaped["context"][0] == {"content": DOCS[0].page_content, "metadata": {"id": 1}}
     assert json.loads(to_json(message) or "")["role"] == "assistant"
     assert json.loads(to_json([node]) or "")[0]["text"] == "Paris is in France."
+    # A LlamaIndex prompt template is its text and its variables, not the whole model.
+    assert json.loads(to_json(selector) or "") == {
+        "template": "Context: {context}\nQ: {question}", "kwargs": {"context": "Paris"},
+    }
     # What the quick path cannot keep exact goes the careful way: NaN, cycles, long strings.
     looped: dict[str, Any] = {"n": float("nan")}
     looped["self"] = looped

@@ -192,6 +192,13 @@ def shape(obj: Any) -> Any:
         if attrs.get("additional_kwargs"):
             out["additional_kwargs"] = attrs["additional_kwargs"]
         return out
+    if "template_vars" in attrs and ("template" in attrs or "default_template" in attrs):
+        # A LlamaIndex prompt template: its text and the variables filled in so far, not the
+        # whole pydantic model (mappings, parsers, selector conditionals).
+        template = attrs.get("template")
+        if template is None:
+            template = getattr(attrs["default_template"], "template", None)
+        return {"template": template, "kwargs": attrs.get("kwargs") or {}}
     if cls.endswith("PromptValue"):
         if "messages" in attrs:
             return attrs["messages"]
