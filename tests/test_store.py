@@ -632,6 +632,27 @@ def test_flush_makes_everything_visible(db_path: Path) -> None:
     handler.shutdown()
 
 
+def test_an_idle_writer_moves_the_wal_into_the_database(db_path: Path) -> None:
+    # Checkpoints wait for 8,000 pages of WAL or for an idle moment: a few hundred spans are
+    # far from the first, so the database file grows only when the writer goes idle.
+    handler = ChainWatchHandler(db_path, hooks=[])
+    handler.flush()
+    empty_size = db_path.stat().st_size
+    rec = handler.recorder
+    for t in range(300):
+        rec.start(f"t{t}", None, "root", "chain", "manual", {"text": "x" * 500})
+        rec.end(f"t{t}", {"text": "y" * 500})
+    assert handler.flush(timeout=30) is True
+    wal = db_path.with_name(db_path.name + "-wal")
+    assert wal.stat().st_size > 300 * 1000
+    deadline = time.monotonic() + 10
+    while db_path.stat().st_size <= empty_size + 300 * 1000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert db_path.stat().st_size > empty_size + 300 * 1000
+    assert count_spans(db_path) == 300
+    handler.shutdown()
+
+
 def test_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
     path = tmp_path / "locked.db"
     handler = ChainWatchHandler(path, queue_size=5)
