@@ -217,6 +217,42 @@ def test_only_the_first_token_sets_ttft(
     assert len(first_token_events(db_path, span["span_id"])) == 1
 
 
+def test_two_interleaved_streams_keep_their_own_usage_and_ttft(
+    handler: ChainWatchHandler, db_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.queue(Reply(content="a1 a2 a3", prompt_tokens=11, completion_tokens=3))
+    fake_openai.queue(Reply(content="b1 b2 b3 b4", prompt_tokens=22, completion_tokens=4))
+    model = chat_model(fake_openai, stream_usage=True)
+    first = model.stream("a", config={"callbacks": [handler]})
+    a_text = str(next(first).content)  # the first request is answered and streaming
+    second = model.stream("b", config={"callbacks": [handler]})
+    # Alternate between the two streams until both are done.
+    b_text = ""
+    pending = {"a": first, "b": second}
+    while pending:
+        for key, stream in list(pending.items()):
+            try:
+                piece = str(next(stream).content)
+            except StopIteration:
+                del pending[key]
+                continue
+            if key == "a":
+                a_text += piece
+            else:
+                b_text += piece
+
+    assert (a_text, b_text) == ("a1 a2 a3", "b1 b2 b3 b4")
+    handler.flush()
+    spans = {json.loads(s["outputs"])["content"]: s for s in read_spans(db_path)}
+    assert spans["a1 a2 a3"]["prompt_tokens"] == 11
+    assert spans["a1 a2 a3"]["completion_tokens"] == 3
+    assert spans["b1 b2 b3 b4"]["prompt_tokens"] == 22
+    assert spans["b1 b2 b3 b4"]["completion_tokens"] == 4
+    for span in spans.values():
+        assert 0 < span["ttft_ms"] <= span["duration_ms"]
+        assert len(first_token_events(db_path, span["span_id"])) == 1
+
+
 def test_astream_is_recorded(
     handler: ChainWatchHandler, db_path: Path, fake_openai: FakeOpenAI
 ) -> None:

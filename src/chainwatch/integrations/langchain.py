@@ -57,6 +57,7 @@ class LangChainCallbacks:
     ignore_custom_event = False
 
     _rec: Recorder
+    _streaming: tuple[UUID, SpanRecord] | None = None
     _tags: list[str]
     _metadata: dict[str, Any] | None
     _user_id: str | None
@@ -242,9 +243,17 @@ class LangChainCallbacks:
     ) -> None:
         """A streamed chunk arrived: time to first token, and the stream's usage."""
         try:
-            rec = self._rec.get(str(run_id))
-            if rec is None:
-                return
+            # A stream's chunks arrive one after another with the same run id object: skip
+            # turning it into a string and looking it up again while that span is open.
+            last = self._streaming
+            rec: SpanRecord | None
+            if last is not None and last[0] is run_id and last[1].end_ns is None:
+                rec = last[1]
+            else:
+                rec = self._rec.get(str(run_id))
+                if rec is None:
+                    return
+                self._streaming = (run_id, rec)
             if rec.ttft_ns is None and (
                 token or getattr(getattr(chunk, "message", None), "tool_call_chunks", None)
             ):
