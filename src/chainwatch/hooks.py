@@ -195,6 +195,7 @@ class HookRunner:
     def _reset(self) -> None:
         self._queue: collections.deque[Any] = collections.deque()
         self._wake = threading.Event()
+        self._flush_requested = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
@@ -207,9 +208,10 @@ class HookRunner:
             return
         self._queue.append(_Job(hooks, trace_id, path))
         self._ensure_thread()
-        # Traces are taken in batches: each batch costs a read and a commit whatever its size,
-        # so the thread wakes on its own every _IDLE_S, or early for a full batch or a flush.
-        if len(self._queue) >= _BATCH:
+        # Traces are taken in batches: each batch costs a read and a commit whatever its size.
+        # The first trace wakes an idle thread, which then gives the batch _IDLE_S to fill; a
+        # full batch (or a flush) cuts that short.
+        if len(self._queue) == 1 or len(self._queue) >= _BATCH:
             self._wake.set()
 
     def flush(self, timeout: float | None = 60.0) -> bool:
@@ -219,6 +221,7 @@ class HookRunner:
         done = threading.Event()
         self._queue.append(done)
         self._ensure_thread()
+        self._flush_requested.set()
         self._wake.set()
         return done.wait(timeout)
 
@@ -246,8 +249,12 @@ class HookRunner:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(_IDLE_S)
-            self._wake.clear()
+            if not self._queue:
+                self._wake.wait()  # idle: nothing to do until a trace or a flush arrives
+                self._wake.clear()
+            if len(self._queue) < _BATCH and not self._flush_requested.is_set():
+                self._wake.wait(_IDLE_S)
+                self._wake.clear()
             while self._queue:
                 batch: list[_Job] = []
                 marker = None
@@ -255,6 +262,7 @@ class HookRunner:
                     item = self._queue.popleft()
                     if isinstance(item, threading.Event):
                         marker = item
+                        self._flush_requested.clear()
                         break
                     batch.append(item)
                 # Traces of one handler (same hooks, same file) run together.
