@@ -607,6 +607,13 @@ class _Point:
     label: str
 
 
+class _Hostile:
+    """An object whose every attribute access fails with an unusual exception."""
+
+    def __getattribute__(self, name: str) -> Any:
+        raise RuntimeError(f"no {name} here")
+
+
 def test_quick_and_careful_json_paths_store_the_same_document() -> None:
     from langchain_core.messages import HumanMessage, SystemMessage
     from langchain_core.prompt_values import ChatPromptValue
@@ -651,5 +658,8 @@ def test_quick_and_careful_json_paths_store_the_same_document() -> None:
     looped: dict[str, Any] = {"n": float("nan")}
     looped["self"] = looped
     assert json.loads(to_json(looped) or "") == {"n": "nan", "self": "<cycle>"}
+    hostile = {"ok": 1, "bad": _Hostile()}
+    assert json.loads(to_json(hostile) or "")["ok"] == 1
     long = {"doc": Document(page_content="x" * 1500)}
+
     assert "[truncated" in json.loads(to_json(long, limit=1000) or "")["doc"]["content"]

@@ -66,6 +66,13 @@ class _Converter:
         return truncate_text(repair_text(value), self.limit)
 
     def convert(self, obj: Any, depth: int = 0) -> Any:
+        try:
+            return self._value(obj, depth)
+        except Exception as exc:
+            # One value that cannot be read (its attributes raise) costs only itself.
+            return f"<unserialisable {type(obj).__name__}: {type(exc).__name__}>"
+
+    def _value(self, obj: Any, depth: int) -> Any:
         if obj is None or obj is True or obj is False:
             return obj
         kind = type(obj)
@@ -280,7 +287,9 @@ def _fast_json(obj: Any, limit: int) -> str | None:
         encode = _local.encode = _quick_encoder()
     try:
         text = encode(obj)
-    except (TypeError, ValueError, RecursionError):
+    except Exception:
+        # Whatever went wrong (a cycle, NaN, an object whose attributes raise), the careful
+        # path knows how to keep the rest of the document.
         return None
     if len(text) > limit:
         return None
