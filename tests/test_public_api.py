@@ -166,10 +166,13 @@ def test_chainwatch_works_without_any_framework() -> None:
 
 
 def test_import_chainwatch_imports_no_framework() -> None:
+    # Nor sqlite-utils (which imports pandas when it is installed) before the first database
+    # is opened: `import chainwatch` stays quick in a notebook.
     script = (
         "import sys, json; import chainwatch; "
         "print(json.dumps(sorted(n for n in sys.modules if n.split('.')[0] in "
-        "{'langchain_core', 'langchain', 'langgraph', 'llama_index', 'openai'})))"
+        "{'langchain_core', 'langchain', 'langgraph', 'llama_index', 'openai', "
+        "'sqlite_utils', 'pandas', 'numpy', 'matplotlib'})))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120

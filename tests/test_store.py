@@ -176,6 +176,8 @@ def test_schema_after_migration_is_exact(handler: ChainWatchHandler, db_path: Pa
             return [(row[1], row[2], row[3], row[4], row[5]) for row in info]
 
         assert columns("spans") == SPANS_COLUMNS
+        # `Span` and the writer's INSERT follow the table's column order.
+        assert tuple(c[0] for c in SPANS_COLUMNS) == chainwatch.Span.fields
         assert columns("span_events") == SPAN_EVENTS_COLUMNS
         assert [r[1] for r in conn.execute("PRAGMA table_info(traces)")] == TRACES_VIEW_COLUMNS
 

@@ -6,10 +6,13 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlite_utils import Database
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
-from . import migrations
+# sqlite-utils (and the pandas it imports when installed) loads on the first connection, not
+# with `import chainwatch`: a handler's first connection is on its writer thread.
 
 DEFAULT_PATH = "chainwatch.db"
 BUSY_TIMEOUT_MS = 10_000
@@ -43,6 +46,8 @@ def connect(path: Path, *, migrate: bool = True) -> Database:
     The connection uses explicit transactions (`isolation_level=None`), so writers can take
     the write lock up front with `BEGIN IMMEDIATE` instead of upgrading a read lock.
     """
+    from sqlite_utils import Database
+
     _create_private(path)
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     try:
@@ -60,6 +65,8 @@ def connect(path: Path, *, migrate: bool = True) -> Database:
 
 
 def _migrate(db: Database) -> None:
+    from . import migrations
+
     # Two processes opening a new file at once both see the same pending migrations; the
     # loser of that race finds the tables made and simply re-reads what is applied.
     for attempt in range(5):

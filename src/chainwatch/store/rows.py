@@ -10,11 +10,10 @@ from typing import Any
 
 from .. import pricing
 from .._serialize import DEFAULT_MAX_CHARS, repair_text, to_json, truncate_text
-from ..spans import SpanRecord
-from .migrations import SPAN_COLUMNS
+from ..spans import SPAN_FIELDS, SpanRecord
 
 SPAN_INSERT = "INSERT OR REPLACE INTO spans ({}) VALUES ({})".format(
-    ", ".join(SPAN_COLUMNS), ", ".join("?" for _ in SPAN_COLUMNS)
+    ", ".join(SPAN_FIELDS), ", ".join("?" for _ in SPAN_FIELDS)
 )
 EVENT_INSERT = (
     "INSERT INTO span_events (span_id, trace_id, name, time, attributes) VALUES (?, ?, ?, ?, ?)"
@@ -87,7 +86,7 @@ def span_row(
     settings: RowSettings,
     seen: dict[int, tuple[Any, str | None]] | None = None,
 ) -> tuple[Any, ...]:
-    """The `spans` row of a finished span, in SPAN_COLUMNS order.
+    """The `spans` row of a finished span, in column (SPAN_FIELDS) order.
 
     `seen` (one dict per batch) lets spans written together share the JSON of a shared object.
     """
