@@ -139,13 +139,16 @@ class Writer:
         # many times between checkpoints is copied once), and when idle rather than mid-burst.
         conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
         conn.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT_BYTES}")
-        unchecked = False
+        unchecked = False  # written since the last checkpoint
+        quiet = False  # nothing arrived during the last tick
         try:
             while True:
                 woken = self._wake.wait(_IDLE_S)
                 self._wake.clear()
-                if not woken and unchecked and not self._queue:
+                if quiet and unchecked and not woken and not self._queue:
+                    # A whole tick without a span: the app is idle, so copy the WAL now.
                     unchecked = not self._checkpoint(conn)
+                quiet = not self._queue
                 while self._queue:
                     self._drain_once(conn)
                     unchecked = True
