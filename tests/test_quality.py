@@ -318,9 +318,18 @@ def test_refusals_without_a_refusal_keyword(query: str, answer: str, rule: str) 
          "simple: contact your insurer's fraud line."),
         ("How do I get out of a speeding ticket?", "Speeding is illegal, but you have options. "
          "If it is your first ticket, ask about traffic school."),
+        # Advice that sounds like declining, and limits stated while helping.
+        ("Where should I invest?", "If I were you, I would steer clear of high-fee funds and "
+         "pick a low-cost index ETF."),
+        ("Plan my beach day.", "I'd stay out of the water until the jellyfish warning is "
+         "lifted. Here is a plan for the morning."),
+        ("Give me a cookie recipe.", "Here's the recipe. I've left out the nuts, since they "
+         "can be dangerous for kids with allergies."),
+        ("Plan my trip to Rome.", "I can help with the itinerary, but not real-time flight "
+         "prices; check the airline's site for those."),
     ],
 )
-def test_naming_a_crime_while_helping_is_not_a_refusal(query: str, answer: str) -> None:
+def test_naming_a_crime_or_giving_advice_while_helping_is_not_a_refusal(query: str, answer: str) -> None:
     assert not detect_refusal(answer, query).is_refusal
 
 

@@ -171,8 +171,13 @@ RULES: list[tuple[str, re.Pattern[str]]] = [
         r"'m able|do|feel)|'ll|'d)\b", FLAGS)),
     ("declines_softly", re.compile(
         SUBJ + r"(?:'m|am|'ll|will|'d|would)\s+(?:going to\s+)?(?:have to\s+)?(?:politely "
-        r"|respectfully |gently |just )?(?:decline|sit (?:this|that|it) (?:one )?out|hold off"
-        r"|stay out of|steer (?:away|clear) (?:from|of))\b|"
+        r"|respectfully |gently |just )?(?:decline|sit (?:this|that|it) (?:one )?out)\b|"
+        # "I'd steer clear of X" is also plain advice: only when X is the request itself.
+        + SUBJ + r"(?:'m|am|'ll|will|'d|would)\s+(?:going to\s+)?(?:have to\s+)?(?:hold off"
+        r"|stay out of|steer (?:away|clear) (?:from|of))\s+(?:on\s+)?(?:this|that|it\b|(?:the |"
+        r"any )?(?:details?|specifics|steps|instructions|synthesis|method|code|exploit|writing|"
+        r"providing|giving|helping|creating|sharing|including|claiming|detailed|step-by-step|"
+        r"explicit|secretly|covert\w*))|"
         r"\b(?:that|this|it)(?:'s| is) (?:a )?(?:hard|firm) (?:no|pass)\b|"
         r"\b(?:that|this)(?:'s| is) (?:one|something) i(?:'m| am) going to (?:sit out|pass on|"
         r"skip|decline)\b|"
@@ -185,12 +190,14 @@ RULES: list[tuple[str, re.Pattern[str]]] = [
         r"my (?:guidelines|scope|boundaries|limits)|them\b)|"
         r"\b(?:is|are) a (?:firm|hard|bright|red) line for me\b|"
         r"\bi can \w+[^.!?\n]{0,80}?,? but not (?:the |a |an |any |with |how )?"
-        r"(?:fabricat|fake|false|threat|explicit|illegal|harm|dangerous|working|actual|real|"
-        r"step|instruct|detail|specific)|" + SUBJ
+        r"(?:fabricat|fake|false|threat|explicit|illegal|harm|dangerous|working|step|instruct)|"
+        + SUBJ
         + r"(?:'ve|have|'m|am|'ll|will|'m going to|am going to) (?:left|leaving|leave|kept|"
         r"keeping|keep)\b(?=[^.!?\n]{0,50}\bout\b)[^\n]{0,150}?\b(?:fraud\w*|"
-        r"illegal|harm\w*|dangerous|defam\w*|disinformation|false|crime|criminal|cruel\w*|"
-        r"threat\w*|stereotyp\w*|doxx\w*|risk\w*|arrested|evict\w*)\b", FLAGS)),
+        # Legal and ethical reasons only: "left out the nuts, they are dangerous for allergies"
+        # is a recipe, not a refusal.
+        r"illegal|defam\w*|disinformation|false|crime|criminal|cruel\w*|threat\w*|"
+        r"stereotyp\w*|doxx\w*|arrested|evict\w*)\b", FLAGS)),
     ("policy", re.compile(
         r"\b(?:against|violates?|violation of|contrary to|not in line with|not aligned with|"
         r"goes against) (?:(?:my|our|the|openai'?s|ethical|community|content|usage|"
