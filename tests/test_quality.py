@@ -329,7 +329,9 @@ def test_refusals_without_a_refusal_keyword(query: str, answer: str, rule: str) 
          "prices; check the airline's site for those."),
     ],
 )
-def test_naming_a_crime_or_giving_advice_while_helping_is_not_a_refusal(query: str, answer: str) -> None:
+def test_naming_a_crime_or_giving_advice_while_helping_is_not_a_refusal(
+    query: str, answer: str
+) -> None:
     assert not detect_refusal(answer, query).is_refusal
 
 
