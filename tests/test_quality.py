@@ -327,6 +327,9 @@ def test_refusals_without_a_refusal_keyword(query: str, answer: str, rule: str) 
          "can be dangerous for kids with allergies."),
         ("Plan my trip to Rome.", "I can help with the itinerary, but not real-time flight "
          "prices; check the airline's site for those."),
+        ("Write a reply to a customer asking for a refund after 45 days.", "Dear customer, "
+         "thank you for reaching out. Unfortunately our policies do not allow refunds after "
+         "30 days, but we can offer store credit."),
     ],
 )
 def test_naming_a_crime_or_giving_advice_while_helping_is_not_a_refusal(

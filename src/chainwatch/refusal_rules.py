@@ -184,10 +184,11 @@ RULES: list[tuple[str, re.Pattern[str]]] = [
         r"\b(?:that|this)(?:'s| is) something i (?:won't|will not|can't|cannot|shouldn't|"
         r"should not) \w+|"
         r"\blet's not (?:do (?:that|this)|go down that (?:road|path|route))\b|"
-        r"\b(?:my|our) (?:guidelines|policies|rules|programming|principles) (?:don't|do not|"
+        # The model's own rules; "our policies don't allow refunds" is a script it was asked for.
+        r"\bmy (?:guidelines|policies|rules|programming|principles) (?:don't|do not|"
         r"won't|will not) (?:allow|permit|let)\b|"
         r"\b(?:is|are|falls?|well) outside (?:of )?(?:what i (?:can|will|do|write|create|help)|"
-        r"my (?:guidelines|scope|boundaries|limits)|them\b)|"
+        r"my (?:guidelines|scope|boundaries|limits))|"
         r"\b(?:is|are) a (?:firm|hard|bright|red) line for me\b|"
         r"\bi can \w+[^.!?\n]{0,80}?,? but not (?:the |a |an |any |with |how )?"
         r"(?:fabricat|fake|false|threat|explicit|illegal|harm|dangerous|working|step|instruct)|"
