@@ -221,6 +221,23 @@ def test_vader_sentiment_sign() -> None:
     assert sentiment("") is None
 
 
+def test_sentiment_of_a_long_answer_reads_sentence_chunks_of_its_opening() -> None:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    vader = SentimentIntensityAnalyzer()
+    short = "Thanks, that worked perfectly and I love the result."
+    assert sentiment(short) == vader.polarity_scores(short)["compound"]
+    happy = "The new release is great and the team is delighted with it. " * 40
+    sad = "Everything failed and the outage was a painful, awful mess. " * 400
+    long_answer = happy + sad  # 2,400 happy characters, then 24,000 sad ones
+    score = sentiment(long_answer)
+    # Only the opening 2,000 characters are read, a few sentences at a time.
+    assert score is not None and score > 0.5
+    assert score == sentiment(long_answer[:2000])
+    mixed = sentiment(("Great work, thank you. " * 20) + ("This is terrible and broken. " * 20))
+    assert mixed is not None and -0.5 < mixed < 0.5
+
+
 def test_groundedness_function() -> None:
     assert groundedness(
         "The Eiffel Tower was completed in 1889 for the World's Fair.", [EIFFEL_DOC]
