@@ -57,6 +57,7 @@ from _harness import (
     at_most,
     base_parser,
     environment,
+    finish_chainwatch,
     print_profiles,
     print_table,
 )
@@ -314,8 +315,8 @@ class Config:
 
     def finish(self) -> None:
         """What a timed block ends with: chainwatch's flush; the others have nothing to flush."""
-        if self.chainwatch is not None and not self.chainwatch.flush(60.0):
-            print(f"warning: {self.name}: chainwatch flush timed out", file=sys.stderr)
+        if self.chainwatch is not None:
+            finish_chainwatch(self.chainwatch, self.name)
 
     def reset(self) -> None:
         """Between rounds (untimed): drop what LlamaDebugHandler kept, so rounds stay alike."""
