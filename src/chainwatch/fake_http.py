@@ -29,6 +29,20 @@ from .fake_replies import (
 if TYPE_CHECKING:
     from .fake_provider import FakeOpenAI
 
+def _envelope(
+    completion_id: str, kind: str, created: int, model: str, choices: list[Any]
+) -> dict[str, Any]:
+    """What every completion and stream chunk carries around its choices."""
+    return {
+        "id": completion_id,
+        "object": kind,
+        "created": created,
+        "model": model,
+        "system_fingerprint": "fp_fake",
+        "choices": choices,
+    }
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -192,38 +206,19 @@ class _Handler(BaseHTTPRequestHandler):
             }
             if tool_calls:
                 message["tool_calls"] = tool_calls
-            payload = {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": model,
-                "system_fingerprint": "fp_fake",
-                "choices": [
-                    {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
-                ],
-                "usage": usage,
-            }
+            choices = [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            ]
+            payload = _envelope(completion_id, "chat.completion", created, model, choices)
+            payload["usage"] = usage
             owner._record_response(payload)
             self._send_json(200, payload, {})
             return
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-            event: dict[str, Any] = {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "system_fingerprint": "fp_fake",
-                "choices": [
-                    {
-                        "index": 0,
-                        "delta": delta,
-                        "logprobs": None,
-                        "finish_reason": finish_reason,
-                    }
-                ],
-            }
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            event = _envelope(completion_id, "chat.completion.chunk", created, model, [choice])
             if include_usage:
                 event["usage"] = None
             return event
@@ -261,15 +256,8 @@ class _Handler(BaseHTTPRequestHandler):
                     )
             yield chunk({}, finish)
             if include_usage:
-                yield {
-                    "id": completion_id,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "system_fingerprint": "fp_fake",
-                    "choices": [],
-                    "usage": usage,
-                }
+                last = _envelope(completion_id, "chat.completion.chunk", created, model, [])
+                yield {**last, "usage": usage}
 
         owner._record_response({"stream": True, "usage": usage, "content": reply.content})
         self._stream_events(events(), reply.chunk_delay_s)
@@ -285,33 +273,19 @@ class _Handler(BaseHTTPRequestHandler):
         completion_id = owner._next_id("cmpl-")
         created = int(time.time())
         if not body.get("stream"):
-            payload = {
-                "id": completion_id,
-                "object": "text_completion",
-                "created": created,
-                "model": model,
-                "system_fingerprint": "fp_fake",
-                "choices": [
-                    {"index": 0, "text": reply.content, "logprobs": None, "finish_reason": finish}
-                ],
-                "usage": usage,
-            }
+            choices = [
+                {"index": 0, "text": reply.content, "logprobs": None, "finish_reason": finish}
+            ]
+            payload = _envelope(completion_id, "text_completion", created, model, choices)
+            payload["usage"] = usage
             owner._record_response(payload)
             self._send_json(200, payload, {})
             return
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         def chunk(text: str, finish_reason: str | None = None) -> dict[str, Any]:
-            event: dict[str, Any] = {
-                "id": completion_id,
-                "object": "text_completion",
-                "created": created,
-                "model": model,
-                "system_fingerprint": "fp_fake",
-                "choices": [
-                    {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-                ],
-            }
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            event = _envelope(completion_id, "text_completion", created, model, [choice])
             if include_usage:
                 event["usage"] = None
             return event
@@ -321,15 +295,8 @@ class _Handler(BaseHTTPRequestHandler):
                 yield chunk(piece)
             yield chunk("", finish)
             if include_usage:
-                yield {
-                    "id": completion_id,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": model,
-                    "system_fingerprint": "fp_fake",
-                    "choices": [],
-                    "usage": usage,
-                }
+                last = _envelope(completion_id, "text_completion", created, model, [])
+                yield {**last, "usage": usage}
 
         owner._record_response({"stream": True, "usage": usage, "content": reply.content})
         self._stream_events(events(), reply.chunk_delay_s)
