@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 
 class SpanKind(str, enum.Enum):
@@ -104,13 +104,6 @@ class SpanRecord:
         self.events.append(SpanEvent(name, time_ns, attributes))
 
 
-SPAN_FIELDS = (
-    "span_id", "trace_id", "parent_id", "name", "kind", "framework", "start_time", "end_time",
-    "duration_ms", "status", "error", "model", "provider", "prompt_tokens", "completion_tokens",
-    "total_tokens", "cached_tokens", "reasoning_tokens", "cost_usd", "ttft_ms", "finish_reason",
-    "inputs", "outputs", "tags", "metadata", "user_id", "session_id", "usage_note", "cost_note",
-    "counts_usage",
-)
 _DEFAULTS = {"usage_note": None, "cost_note": None, "counts_usage": 1}
 # The JSON columns, and what an empty one reads as.
 _JSON_EMPTY: dict[str, type] = {"inputs": type(None), "outputs": type(None), "tags": list,
@@ -136,46 +129,45 @@ def _decode(text: str) -> Any:
 class Span:
     """One stored span, as the read API returns it (a row of the `spans` table).
 
-    Read-only. Its fields are `SPAN_FIELDS`, in the table's column order; `inputs`, `outputs`,
-    `tags` and `metadata` hold decoded JSON, decoded on first read: a hook that looks only at
-    model calls does not pay for decoding every chain's inputs.
+    Read-only. Its fields (`Span.fields`) are the table's columns, in order; `inputs`,
+    `outputs`, `tags` and `metadata` hold decoded JSON, decoded on first read: a hook that looks
+    only at model calls does not pay for decoding every chain's inputs.
     """
 
     __slots__ = ("_values",)
-    fields = SPAN_FIELDS
-
-    if TYPE_CHECKING:
-        _values: list[Any]
-        span_id: str
-        trace_id: str
-        parent_id: str | None
-        name: str
-        kind: str
-        framework: str
-        start_time: str
-        end_time: str
-        duration_ms: float
-        status: str
-        error: str | None
-        model: str | None
-        provider: str | None
-        prompt_tokens: int | None
-        completion_tokens: int | None
-        total_tokens: int | None
-        cached_tokens: int | None
-        reasoning_tokens: int | None
-        cost_usd: float | None
-        ttft_ms: float | None
-        finish_reason: str | None
-        inputs: Any
-        outputs: Any
-        tags: list[str]
-        metadata: dict[str, Any]
-        user_id: str | None
-        session_id: str | None
-        usage_note: str | None
-        cost_note: str | None
-        counts_usage: int
+    fields: ClassVar[tuple[str, ...]]
+    _values: list[Any]
+    # The columns, in the table's order: `SPAN_FIELDS` is read from these lines.
+    span_id: str
+    trace_id: str
+    parent_id: str | None
+    name: str
+    kind: str
+    framework: str
+    start_time: str
+    end_time: str
+    duration_ms: float
+    status: str
+    error: str | None
+    model: str | None
+    provider: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    cached_tokens: int | None
+    reasoning_tokens: int | None
+    cost_usd: float | None
+    ttft_ms: float | None
+    finish_reason: str | None
+    inputs: Any
+    outputs: Any
+    tags: list[str]
+    metadata: dict[str, Any]
+    user_id: str | None
+    session_id: str | None
+    usage_note: str | None
+    cost_note: str | None
+    counts_usage: int
 
     def __init__(self, *values: Any, **named: Any) -> None:
         if len(values) > len(SPAN_FIELDS):
@@ -229,6 +221,10 @@ class Span:
         return (Span, tuple(getattr(self, name) for name in SPAN_FIELDS))
 
 
+SPAN_FIELDS: tuple[str, ...] = tuple(
+    name for name in Span.__annotations__ if not name.startswith("_") and name != "fields"
+)
+Span.fields = SPAN_FIELDS
 _INDEX = {name: i for i, name in enumerate(SPAN_FIELDS)}
 _JSON_POSITIONS = tuple((_INDEX[name], empty) for name, empty in _JSON_EMPTY.items())
 
