@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
+import gc
 import io
+import json
 import os
 import platform
 import pstats
+import shutil
 import sqlite3
 import sys
+import tempfile
 import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +187,57 @@ def base_parser(doc: str, quick_help: str, profile_help: str) -> argparse.Argume
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--profile", action="store_true", help=profile_help)
     return parser
+
+
+Phase = Callable[[Any, Path, list[Figure], dict[str, Any]], None]
+
+
+def run_phases(
+    args: argparse.Namespace,
+    *,
+    env: dict[str, Any],
+    sizes: Any,
+    tmp_prefix: str,
+    phases: Sequence[tuple[str, Phase]],
+    profile: Callable[[Any, Path], dict[str, str]],
+    around: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+) -> int:
+    """Run each phase (or only the profile) in a scratch folder, print the table, write JSON.
+
+    `around` wraps the runs (LlamaIndex's Settings, say); the folder and chainwatch's writers
+    are cleaned up whatever happens.
+    """
+    from chainwatch.store import writer as cw_writer
+
+    figures: list[Figure] = []
+    details: dict[str, Any] = {}
+    tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix))
+    began = time.perf_counter()
+    try:
+        with around():
+            if args.profile:
+                details["profile"] = profile(sizes, tmp)
+            else:
+                for title, phase in phases:
+                    gc.collect()
+                    t0 = time.perf_counter()
+                    print(f"\n{title}")
+                    phase(sizes, tmp, figures, details)
+                    print(f"  ({time.perf_counter() - t0:.1f} s)")
+                print_table(figures)
+                print(f"\ntotal {time.perf_counter() - began:.1f} s; load average now {_load()}")
+    finally:
+        chainwatch.flush(10.0)
+        cw_writer._shutdown_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        payload = {
+            "environment": env,
+            "mode": "quick" if args.quick else "full",
+            "sizes": asdict(sizes),
+            "figures": [asdict(f) for f in figures],
+            "details": details,
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        print(f"results written to {args.json}")
+    return 0

@@ -20,12 +20,9 @@ Usage::
 from __future__ import annotations
 
 import gc
-import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import tracemalloc
 import uuid
@@ -39,14 +36,13 @@ from _harness import (
     AllThreadsProfile,
     Figure,
     _describe,
-    _load,
     _rss_kb,
     at_most,
     base_parser,
     environment,
     finish_chainwatch,
     print_profiles,
-    print_table,
+    run_phases,
 )
 from langchain_core.callbacks import (
     BaseCallbackHandler,
@@ -64,7 +60,6 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableParallel, RunnablePassthrough
 from langchain_core.tracers.run_collector import RunCollectorCallbackHandler
 
-import chainwatch
 from chainwatch import ChainWatchHandler
 from chainwatch.spans import SpanRecord, Usage
 from chainwatch.store import writer as cw_writer
@@ -716,37 +711,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"sum(range(1000)) {env['calibration_sum_range_1000_us']:.1f} µs, "
         f"load average {env['load_average_at_start']}"
     )
-    figures: list[Figure] = []
-    details: dict[str, Any] = {}
-    tmp = Path(tempfile.mkdtemp(prefix="chainwatch-bench-"))
-    began = time.perf_counter()
-    try:
-        if args.profile:
-            details["profile"] = profile_chainwatch(sizes, tmp)
-        else:
-            for title, phase in PHASES:
-                gc.collect()
-                t0 = time.perf_counter()
-                print(f"\n{title}")
-                phase(sizes, tmp, figures, details)
-                print(f"  ({time.perf_counter() - t0:.1f} s)")
-            print_table(figures)
-            print(f"\ntotal {time.perf_counter() - began:.1f} s; load average now {_load()}")
-    finally:
-        chainwatch.flush(10.0)
-        cw_writer._shutdown_all()
-        shutil.rmtree(tmp, ignore_errors=True)
-    if args.json:
-        payload = {
-            "environment": env,
-            "mode": mode,
-            "sizes": asdict(sizes),
-            "figures": [asdict(f) for f in figures],
-            "details": details,
-        }
-        Path(args.json).write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        print(f"results written to {args.json}")
-    return 0
+    return run_phases(
+        args, env=env, sizes=sizes, tmp_prefix="chainwatch-bench-", phases=PHASES,
+        profile=profile_chainwatch,
+    )
 
 
 PHASES: tuple[tuple[str, Callable[[Sizes, Path, list[Figure], dict[str, Any]], None]], ...] = (

@@ -33,12 +33,9 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
-import shutil
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
@@ -52,14 +49,13 @@ from _harness import (
     AllThreadsProfile,
     Figure,
     _describe,
-    _load,
     _rss_kb,
     at_most,
     base_parser,
     environment,
     finish_chainwatch,
     print_profiles,
-    print_table,
+    run_phases,
 )
 from llama_index.core import Document, Settings, VectorStoreIndex, get_response_synthesizer
 from llama_index.core.base.base_query_engine import BaseQueryEngine
@@ -75,7 +71,6 @@ from llama_index.core.query_engine import RetrieverQueryEngine
 
 import chainwatch
 from chainwatch import ChainWatchHandler
-from chainwatch.store import writer as cw_writer
 
 DOCUMENTS = 20
 EMBED_DIM = 8
@@ -313,6 +308,22 @@ class Config:
             self.dispatcher.detach()
         Settings._callback_manager = None
 
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """This configuration attached for the block, detached after it."""
+        self.activate()
+        try:
+            yield
+        finally:
+            self.deactivate()
+
+    def run(self, queries: int) -> None:
+        """Untimed: `queries` queries, then what a timed block ends with."""
+        with self.active():
+            for _ in range(queries):
+                self.query()
+            self.finish()
+
     def finish(self) -> None:
         """What a timed block ends with: chainwatch's flush; the others have nothing to flush."""
         if self.chainwatch is not None:
@@ -365,13 +376,7 @@ def spans_per_query(index: VectorStoreIndex, tmp: Path, details: dict[str, Any])
     for path in ("legacy", "dispatcher", "both"):
         db = tmp / f"probe-{path}.db"
         config = make_config(f"{path}_nohooks", index, db)
-        config.activate()
-        try:
-            for _ in range(PROBE_QUERIES):
-                config.query()
-            config.finish()
-        finally:
-            config.deactivate()
+        config.run(PROBE_QUERIES)
         assert config.chainwatch is not None
         config.chainwatch.shutdown()
         rows = span_rows(db)
@@ -380,12 +385,7 @@ def spans_per_query(index: VectorStoreIndex, tmp: Path, details: dict[str, Any])
         counts[path] = len(rows) // PROBE_QUERIES
         details[f"spans_{path}"] = [f"{name} ({kind})" for name, kind in rows[: counts[path]]]
     debug = make_config("llama_debug", index, None)
-    debug.activate()
-    try:
-        for _ in range(PROBE_QUERIES):
-            debug.query()
-    finally:
-        debug.deactivate()
+    debug.run(PROBE_QUERIES)
     pairs = debug.legacy.get_event_pairs()
     counts["legacy_events"] = len(pairs) // PROBE_QUERIES
     details["legacy_events"] = [p[0].event_type.value for p in pairs[: counts["legacy_events"]]]
@@ -435,20 +435,13 @@ def interleaved(configs: dict[str, Config], calls: int, rounds: int, warmup: int
     names = list(configs)
     for name in names:
         config = configs[name]
-        config.activate()
-        try:
-            for _ in range(warmup):
-                config.query()
-            config.finish()
-        finally:
-            config.deactivate()
+        config.run(warmup)
         config.reset()
     out = Samples({n: [] for n in names}, {n: [] for n in names}, {n: [] for n in names})
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             config = configs[name]
-            config.activate()
-            try:
+            with config.active():
                 gc.collect()
                 cpu = time.process_time_ns()
                 start = time.perf_counter_ns()
@@ -458,8 +451,6 @@ def interleaved(configs: dict[str, Config], calls: int, rounds: int, warmup: int
                 config.finish()
                 end = time.perf_counter_ns()
                 cpu = time.process_time_ns() - cpu
-            finally:
-                config.deactivate()
             out.wall[name].append((end - start) / calls / 1_000)
             out.cpu[name].append(cpu / calls / 1_000)
             out.flush[name].append((end - called) / calls / 1_000)
@@ -591,8 +582,7 @@ def retained_growth(config: Config, warmup: int, total: int, traced: int) -> Gro
         for i in range(first, last):
             config.query(questions[i % 64])
 
-    config.activate()
-    try:
+    with config.active():
         run(0, warmup)
         _settle(config)
         blocks, rss = sys.getallocatedblocks(), _rss_kb()
@@ -610,8 +600,6 @@ def retained_growth(config: Config, warmup: int, total: int, traced: int) -> Gro
             after, snap_after = tracemalloc.get_traced_memory()[0], tracemalloc.take_snapshot()
         finally:
             tracemalloc.stop()
-    finally:
-        config.deactivate()
     top = [
         _describe(stat)
         for stat in snap_after.compare_to(snap_before, "traceback")[:5]
@@ -696,13 +684,7 @@ def profile_chainwatch(sizes: Sizes, tmp: Path) -> dict[str, str]:
     gc.collect()
     with AllThreadsProfile() as prof:
         config = make_config("both", index, tmp / "profile.db")
-        config.activate()
-        try:
-            for _ in range(sizes.profile_queries):
-                config.query()
-            config.finish()
-        finally:
-            config.deactivate()
+        config.run(sizes.profile_queries)
         assert config.chainwatch is not None
         # Stop the writer thread so its profiler is no longer being written to.
         config.chainwatch.shutdown()
@@ -736,38 +718,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"sum(range(1000)) {env['calibration_sum_range_1000_us']:.1f} µs, "
         f"load average {env['load_average_at_start']}"
     )
-    figures: list[Figure] = []
-    details: dict[str, Any] = {}
-    tmp = Path(tempfile.mkdtemp(prefix="chainwatch-bench-li-"))
-    began = time.perf_counter()
-    try:
-        with llama_index_settings():
-            if args.profile:
-                details["profile"] = profile_chainwatch(sizes, tmp)
-            else:
-                for title, phase in PHASES:
-                    gc.collect()
-                    t0 = time.perf_counter()
-                    print(f"\n{title}")
-                    phase(sizes, tmp, figures, details)
-                    print(f"  ({time.perf_counter() - t0:.1f} s)")
-                print_table(figures)
-                print(f"\ntotal {time.perf_counter() - began:.1f} s; load average now {_load()}")
-    finally:
-        chainwatch.flush(10.0)
-        cw_writer._shutdown_all()
-        shutil.rmtree(tmp, ignore_errors=True)
-    if args.json:
-        payload = {
-            "environment": env,
-            "mode": mode,
-            "sizes": asdict(sizes),
-            "figures": [asdict(f) for f in figures],
-            "details": details,
-        }
-        Path(args.json).write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        print(f"results written to {args.json}")
-    return 0
+    return run_phases(
+        args, env=env, sizes=sizes, tmp_prefix="chainwatch-bench-li-", phases=PHASES,
+        profile=profile_chainwatch,
+        around=llama_index_settings,
+    )
 
 
 PHASES: tuple[tuple[str, Callable[[Sizes, Path, list[Figure], dict[str, Any]], None]], ...] = (
