@@ -110,11 +110,6 @@ _HOOK_RUN_SQL = (
 )
 
 
-def run_hooks(hooks: Sequence[Hook], trace_id: str, store: Store) -> list[tuple[str, str]]:
-    """Run `hooks` on one stored trace, isolating each; returns (hook, status) pairs."""
-    return run_batch(hooks, [trace_id], store).get(trace_id, [])
-
-
 def run_batch(
     hooks: Sequence[Hook], trace_ids: Sequence[str], store: Store
 ) -> dict[str, list[tuple[str, str]]]:
