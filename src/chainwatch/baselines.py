@@ -185,6 +185,8 @@ class DriftHook:
     """Post-run hook: a drift check against `baseline` every `every_n_traces` traces."""
 
     name = "drift"
+    portable = True  # may run in the hook process; these attributes come back after each batch
+    portable_state = ("seen", "last_result")
 
     def __init__(
         self,
@@ -202,6 +204,13 @@ class DriftHook:
         self.settings = settings
         self.seen = 0
         self.last_result: drift.DriftResult | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
         self._lock = threading.Lock()
 
     def __call__(self, trace: Trace, store: Store) -> drift.DriftResult | None:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import _errors, pricing
 from . import hooks as _hooks
+from .hook_process import enabled_by_env
 from .integrations.langchain import LangChainCallbacks
 from .integrations.llama_index import LlamaIndexCallbacks
 from .recorder import Recorder
@@ -55,6 +56,10 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
         hooks: post-run hooks, each called as ``hook(trace, store)`` on the hook thread after
             a trace's spans are committed. Default: quality analysis and a drift check
             every 100 traces once a baseline is set; ``[]`` runs none.
+        hook_process: run the built-in hooks (quality, drift) in a helper process, so that
+            their analysis does not compete with the app for the interpreter lock; other
+            hooks run on the hook thread either way. Default on, unless
+            ``CHAINWATCH_HOOK_PROCESS=0``.
         alerts: alert rules (`chainwatch.alerts.Rule`) evaluated after each trace.
         notifiers: where alert notifications go (Slack, PagerDuty, webhook, logging,
             any callable).
@@ -81,6 +86,7 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
         capture_outputs: bool = True,
         prices: Mapping[str, Any] | None = None,
         hooks: Sequence[Callable[..., Any]] | None = None,
+        hook_process: bool | None = None,
         alerts: Sequence[Any] | None = None,
         notifiers: Sequence[Any] | None = None,
         queue_size: int = 100_000,
@@ -128,7 +134,12 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
             if not callable(hook):
                 raise ValueError(f"hooks must be callables taking (trace, store), got {hook!r}")
         self.hooks: tuple[Callable[..., Any], ...] = tuple(hooks)
-        listener = _hooks.trace_listener(self.hooks, self.db_path) if self.hooks else None
+        if hook_process is None:
+            hook_process = enabled_by_env()
+        self.hook_process = hook_process
+        listener = (
+            _hooks.trace_listener(self.hooks, self.db_path, hook_process) if self.hooks else None
+        )
         writer_ = self._writer
 
         path = self.db_path

@@ -7,6 +7,7 @@ runs; a slow hook delays only the hooks behind it, never the app or the writer.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import os
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ._errors import internal_error, logger
+from .hook_process import HookNotPortable, HookProcess, HookProcessError, is_portable
 from .store import database, queries
 from .store import writer as writer_module
 from .store.rows import describe_exception, iso_time
@@ -111,17 +113,63 @@ _HOOK_RUN_SQL = (
 
 
 def run_batch(
-    hooks: Sequence[Hook], trace_ids: Sequence[str], store: Store
+    hooks: Sequence[Hook],
+    trace_ids: Sequence[str],
+    store: Store,
+    process: HookProcess | None = None,
 ) -> dict[str, list[tuple[str, str]]]:
     """Run `hooks` on several stored traces, hook by hook, isolating every run.
 
     Each hook sees every trace of the batch before the next hook starts, and what it stores
     (with the `hook_runs` rows so far) is committed in one transaction before the next hook
-    runs, so a later hook reads what an earlier one stored.
+    runs, so a later hook reads what an earlier one stored. Given `process`, consecutive
+    portable hooks run there while this thread waits; if it fails they run here instead.
     """
-    loaded = store.traces(trace_ids)
-    traces = {t: loaded[t] for t in dict.fromkeys(trace_ids) if t in loaded}
-    results: dict[str, list[tuple[str, str]]] = {t: [] for t in traces}
+    results: dict[str, list[tuple[str, str]]] = {}
+    loaded: dict[str, Trace] | None = None
+    for portable, group in _groups(hooks, process is not None):
+        if portable and process is not None and not process.failed:
+            try:
+                remote = process.run(group, store.path, trace_ids)
+            except HookNotPortable as exc:
+                if exc.first:
+                    logger.warning("chainwatch runs hooks %s on the hook thread: they do not "
+                                   "pickle (%s)", [hook_name(h) for h in group], exc)
+            except HookProcessError as exc:
+                process.failed = True
+                logger.warning("chainwatch runs its hooks on the hook thread from now on: %s",
+                               exc)
+            else:
+                for trace_id, runs in remote.items():
+                    results.setdefault(trace_id, []).extend(runs)
+                continue
+        if loaded is None:
+            found = store.traces(trace_ids)
+            loaded = {t: found[t] for t in dict.fromkeys(trace_ids) if t in found}
+        for trace_id in loaded:
+            results.setdefault(trace_id, [])
+        _run_here(group, loaded, store, results)
+    return results
+
+
+def _groups(hooks: Sequence[Hook], split: bool) -> list[tuple[bool, list[Hook]]]:
+    """Consecutive hooks that run in the same place, in order."""
+    groups: list[tuple[bool, list[Hook]]] = []
+    for hook in hooks:
+        portable = split and is_portable(hook)
+        if groups and groups[-1][0] == portable:
+            groups[-1][1].append(hook)
+        else:
+            groups.append((portable, [hook]))
+    return groups
+
+
+def _run_here(
+    hooks: Sequence[Hook],
+    traces: dict[str, Trace],
+    store: Store,
+    results: dict[str, list[tuple[str, str]]],
+) -> None:
     runs: list[tuple[Any, ...]] = []
     for hook in hooks:
         name = hook_name(hook)
@@ -161,7 +209,6 @@ def run_batch(
             store.write(_HOOK_RUN_SQL, runs)
         except Exception as exc:
             internal_error("hooks.record", exc)
-    return results
 
 
 _BATCH = 200
@@ -170,12 +217,13 @@ _OPEN_STORES = 4
 
 
 class _Job:
-    __slots__ = ("hooks", "path", "trace_id")
+    __slots__ = ("hooks", "path", "process", "trace_id")
 
-    def __init__(self, hooks: Sequence[Hook], trace_id: str, path: Path) -> None:
+    def __init__(self, hooks: Sequence[Hook], trace_id: str, path: Path, process: bool) -> None:
         self.hooks = hooks
         self.trace_id = trace_id
         self.path = path
+        self.process = process
 
 
 class HookRunner:
@@ -195,13 +243,23 @@ class HookRunner:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._stores: dict[Path, Store] = {}
+        process = getattr(self, "process", None)
+        if process is None:
+            self.process = HookProcess()
+        else:
+            process.forget_after_fork()  # the parent's worker stays the parent's
 
-    def submit(self, hooks: Sequence[Hook], trace_id: str, path: Path) -> None:
-        """Queue a committed trace for its hooks (called on the writer thread)."""
+    def submit(
+        self, hooks: Sequence[Hook], trace_id: str, path: Path, process: bool = True
+    ) -> None:
+        """Queue a committed trace for its hooks (called on the writer thread).
+
+        With `process`, portable hooks run in the hook process (see `hook_process`).
+        """
         if len(self._queue) >= self.max_pending:
             self.dropped += 1
             return
-        self._queue.append(_Job(hooks, trace_id, path))
+        self._queue.append(_Job(hooks, trace_id, path, process))
         self._ensure_thread()
         # Traces are taken in batches: each batch costs a read and a commit whatever its size.
         # The first trace wakes an idle thread, which then gives the batch _IDLE_S to fill; a
@@ -261,13 +319,14 @@ class HookRunner:
                         break
                     batch.append(item)
                 # Traces of one handler (same hooks, same file) run together.
-                groups: dict[tuple[int, Path], list[_Job]] = {}
+                groups: dict[tuple[int, Path, bool], list[_Job]] = {}
                 for job in batch:
-                    groups.setdefault((id(job.hooks), job.path), []).append(job)
+                    groups.setdefault((id(job.hooks), job.path, job.process), []).append(job)
                 for jobs in groups.values():
                     try:
                         store = self._store(jobs[0].path)
-                        run_batch(jobs[0].hooks, [j.trace_id for j in jobs], store)
+                        process = self.process if jobs[0].process else None
+                        run_batch(jobs[0].hooks, [j.trace_id for j in jobs], store, process)
                         self.runs += len(jobs)
                     except Exception as exc:
                         try:
@@ -280,6 +339,19 @@ class HookRunner:
 
 runner = HookRunner()
 writer_module._after_flush.append(runner.flush)
+
+
+def _at_exit(budget_s: float = 5.0) -> None:
+    # Registered after the writers' own exit handler, so this runs first: the last traces'
+    # spans and their hooks land, then the hook process is told to end.
+    try:
+        writer_module.flush_all(budget_s)
+    except Exception:
+        pass
+    runner.process.close()
+
+
+atexit.register(_at_exit)
 
 
 def _after_fork_in_child() -> None:
@@ -332,10 +404,12 @@ def analyze(
         store.close()
 
 
-def trace_listener(hooks: Sequence[Hook], path: Path) -> Callable[[str], None]:
+def trace_listener(
+    hooks: Sequence[Hook], path: Path, process: bool = True
+) -> Callable[[str], None]:
     """The callback the writer calls once a trace's spans are committed."""
 
     def committed(trace_id: str) -> None:
-        runner.submit(hooks, trace_id, path)
+        runner.submit(hooks, trace_id, path, process)
 
     return committed

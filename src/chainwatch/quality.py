@@ -291,10 +291,12 @@ def retrieved_documents(trace: Trace) -> list[str]:
     """Texts of the documents retrieved anywhere in the trace."""
     texts: list[str] = []
     for span in trace.spans:
+        if span.kind != "retriever":
+            continue  # before `outputs`, which decodes the span's stored JSON
         outputs = span.outputs
         if isinstance(outputs, dict):
             outputs = outputs.get("nodes") or outputs.get("documents")
-        if span.kind != "retriever" or not isinstance(outputs, list):
+        if not isinstance(outputs, list):
             continue
         for doc in outputs:
             if isinstance(doc, dict):
@@ -318,6 +320,7 @@ class QualityHook:
     """Post-run hook: a `quality` row for every successful model answer in the trace."""
 
     name = "quality"
+    portable = True  # may run in the hook process: it needs only the trace and the store
 
     def __call__(self, trace: Trace, store: Store) -> int:
         """Analyse and store; returns how many answers were analysed."""

@@ -1,0 +1,248 @@
+"""A helper process that runs portable post-run hooks, so analysis never holds the app's GIL.
+
+Quality analysis costs several hundred microseconds of pure Python per trace. On the hook
+thread that time is taken from the application whenever both want the interpreter lock; in
+a process of its own it runs on another core. The hook thread still decides what runs when:
+it sends the worker a batch of committed trace ids and waits (without the lock) for the
+answer, so hook order, `hook_runs` and `flush()` mean what they mean for in-thread hooks.
+
+Only hooks that say so (`portable = True`, and they must pickle) run here: the built-in
+quality and drift hooks. Any other hook (a user's callable, alerts with their notifiers)
+runs on the hook thread. When the worker cannot start or dies, the batch runs on the hook
+thread instead; nothing is lost.
+
+The protocol is pickled messages over the worker's stdin and stdout (the worker moves its
+stdout aside first, so a stray print cannot corrupt it):
+
+- parent: ``("hooks", key, hooks)`` once per hook group, ``("run", key, path, trace_ids)``
+  per batch, ``("forget", key)`` when a group is evicted.
+- worker: ``("ok", results, states)`` per batch, or ``("error", description)``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+_BOOT = (
+    "import os, sys\n"
+    "out = os.dup(1); os.dup2(2, 1)\n"
+    "from multiprocessing.connection import Connection\n"
+    "inbox, outbox = Connection(0, writable=False), Connection(out, readable=False)\n"
+    "sys.path[:] = inbox.recv()\n"
+    "from chainwatch.hook_process import serve\n"
+    "serve(inbox, outbox)\n"
+)
+_GROUPS = 64  # hook groups the worker keeps (one per handler; evicted least recently used)
+
+
+class HookProcessError(RuntimeError):
+    """The worker could not take a batch (it did not start, died, or could not unpickle)."""
+
+
+class HookNotPortable(HookProcessError):
+    """A hook marked portable does not pickle; its group runs on the hook thread."""
+
+    def __init__(self, reason: str, *, first: bool) -> None:
+        super().__init__(reason)
+        self.first = first  # False once this group was refused before
+
+
+def is_portable(hook: Any) -> bool:
+    """Whether `hook` may run in the worker process (it says so with ``portable = True``)."""
+    return getattr(hook, "portable", False) is True
+
+
+def enabled_by_env() -> bool:
+    """``CHAINWATCH_HOOK_PROCESS=0`` keeps every hook on the hook thread."""
+    return os.environ.get("CHAINWATCH_HOOK_PROCESS", "1").lower() not in ("0", "false", "no")
+
+
+class HookProcess:
+    """The parent's side: starts the worker on first use, sends batches, reads answers.
+
+    Used by the hook thread only; `close()` may come from `atexit`.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._inbox: Connection | None = None  # the worker's answers
+        self._outbox: Connection | None = None  # to the worker
+        # The worker's copies of hook groups, by the ids of their hooks (kept alive here, so
+        # the ids stay theirs).
+        self._groups: dict[tuple[int, ...], tuple[Any, ...]] = {}
+        self._refused: dict[tuple[int, ...], tuple[Any, ...]] = {}  # groups that do not pickle
+        self._lock = threading.Lock()
+        self.failed = False  # once the worker failed, this process runs hooks in-thread
+        self.batches = 0
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id while it runs."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def run(
+        self, hooks: Sequence[Any], path: Path, trace_ids: Sequence[str]
+    ) -> dict[str, list[tuple[str, str]]]:
+        """Run `hooks` on the stored traces in the worker; their state comes back to `hooks`.
+
+        Raises:
+            HookNotPortable: a hook does not pickle; the worker is fine, run them here.
+            HookProcessError: the worker could not run the batch; nothing was applied here.
+        """
+        key = tuple(map(id, hooks))
+        with self._lock:
+            if key in self._refused:
+                raise HookNotPortable("does not pickle", first=False)
+            try:
+                self._start()
+                assert self._outbox is not None and self._inbox is not None
+                if key not in self._groups:
+                    self._remember(key, tuple(hooks))
+                else:
+                    self._groups[key] = self._groups.pop(key)  # most recently used last
+                self._outbox.send(("run", key, str(path), list(trace_ids)))
+                answer = self._inbox.recv()
+            except HookNotPortable:
+                raise
+            except HookProcessError:
+                self._stop()
+                raise
+            except (OSError, EOFError, pickle.UnpicklingError) as exc:
+                self._stop()
+                raise HookProcessError(f"hook process failed: {exc!r}") from exc
+        if answer[0] != "ok":
+            raise HookProcessError(f"hook process could not run the batch: {answer[1]}")
+        _, results, states = answer
+        for hook, state in zip(hooks, states, strict=True):
+            for name, value in state.items():
+                setattr(hook, name, value)
+        self.batches += 1
+        return results
+
+    def _remember(self, key: tuple[int, ...], hooks: tuple[Any, ...]) -> None:
+        assert self._outbox is not None
+        try:
+            blob = pickle.dumps(hooks)
+        except Exception as exc:
+            # Remembered with the hooks themselves, so that their ids stay theirs.
+            while len(self._refused) >= _GROUPS:
+                del self._refused[next(iter(self._refused))]
+            self._refused[key] = hooks
+            raise HookNotPortable(repr(exc), first=True) from exc
+        while len(self._groups) >= _GROUPS:
+            old = next(iter(self._groups))
+            del self._groups[old]
+            self._outbox.send(("forget", old))
+        self._outbox.send(("hooks", key, blob))
+        self._groups[key] = hooks
+
+    def _start(self) -> None:
+        if self._proc is not None:
+            code = self._proc.poll()
+            if code is None:
+                return
+            self._stop()
+            raise HookProcessError(f"hook process exited with code {code}")
+        if not sys.executable:
+            raise HookProcessError("no Python executable to start the hook process with")
+        # A session of its own: Ctrl-C in a terminal interrupts the app, not its analysis.
+        # The worker ends when its stdin closes, i.e. when this process closes it or dies.
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _BOOT],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                start_new_session=os.name == "posix",
+            )
+        except OSError as exc:
+            raise HookProcessError(f"could not start the hook process: {exc!r}") from exc
+        assert proc.stdin is not None and proc.stdout is not None
+        self._proc = proc
+        self._outbox = Connection(os.dup(proc.stdin.fileno()), readable=False)
+        self._inbox = Connection(os.dup(proc.stdout.fileno()), writable=False)
+        proc.stdin.close()
+        proc.stdout.close()
+        self._outbox.send(list(sys.path))
+
+    def _stop(self, wait_s: float = 1.0) -> None:
+        """Close the pipes; the worker sees end of input and exits (killed if it lingers)."""
+        proc, self._proc = self._proc, None
+        for conn in (self._outbox, self._inbox):
+            if conn is not None:
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+        self._outbox = self._inbox = None
+        self._groups.clear()
+        if proc is None:
+            return
+        try:
+            proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def close(self, wait_s: float = 1.0) -> None:
+        """Stop the worker (idempotent)."""
+        with self._lock:
+            self._stop(wait_s)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's worker without touching it."""
+        for conn in (self._outbox, self._inbox):
+            if conn is not None:
+                try:
+                    conn.close()  # this process's copies of the pipe ends only
+                except OSError:
+                    pass
+        self._proc = self._outbox = self._inbox = None
+        self._groups = {}
+        self._refused = {}
+        self._lock = threading.Lock()
+
+
+def serve(inbox: Connection, outbox: Connection) -> None:
+    """The worker's loop: run batches until the parent closes the pipe."""
+    from . import hooks as hooks_module
+
+    groups: dict[tuple[int, ...], tuple[Any, ...]] = {}
+    stores: dict[str, hooks_module.Store] = {}
+    while True:
+        try:
+            message = inbox.recv()
+        except (EOFError, OSError):
+            break
+        kind = message[0]
+        if kind == "hooks":
+            groups[message[1]] = pickle.loads(message[2])
+        elif kind == "forget":
+            groups.pop(message[1], None)
+        elif kind == "run":
+            _, key, path, trace_ids = message
+            try:
+                store = stores.get(path)
+                if store is None:
+                    while len(stores) >= 4:
+                        stores.pop(next(iter(stores))).close()
+                    store = stores[path] = hooks_module.Store(Path(path))
+                group = groups[key]
+                results = hooks_module.run_batch(group, trace_ids, store)
+                states = [
+                    {name: getattr(h, name) for name in getattr(h, "portable_state", ())}
+                    for h in group
+                ]
+                outbox.send(("ok", results, states))
+            except Exception as exc:
+                outbox.send(("error", repr(exc)))
+    for store in stores.values():
+        store.close()

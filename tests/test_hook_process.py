@@ -1,0 +1,218 @@
+"""The hook process: portable hooks run outside the app's process, in order, and nothing is lost.
+
+Hooks here record the process they ran in (a `pids` table), so each test reads where a hook
+ran from the database, next to what the hooks stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.language_models import FakeListChatModel
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+
+from chainwatch import ChainWatchHandler, Trace
+from chainwatch.baselines import DriftHook
+from chainwatch.hooks import Store, runner
+from chainwatch.quality import QualityHook
+from conftest import rows
+
+
+class PidHook:
+    """Stores, per trace, the process it ran in and how many `pids` rows it could already see."""
+
+    portable = True
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, trace: Trace, store: Store) -> None:
+        store.conn.execute(
+            "CREATE TABLE IF NOT EXISTS pids (hook TEXT, trace_id TEXT, pid INTEGER, seen INTEGER)"
+        )
+        seen = store.conn.execute(
+            "SELECT count(*) FROM pids WHERE trace_id = ?", [trace.trace_id]
+        ).fetchone()[0]
+        store.write("INSERT INTO pids VALUES (?, ?, ?, ?)",
+                    [(self.name, trace.trace_id, os.getpid(), seen)])
+
+
+class HomeHook(PidHook):
+    """The same, but it stays on the hook thread (not marked portable)."""
+
+    portable = False
+
+
+class Unpicklable(PidHook):
+    """Marked portable, but holds a lambda, which does not pickle."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.key = lambda trace: trace.trace_id
+
+
+def pids(db_path: Path) -> list[dict[str, Any]]:
+    return rows(db_path, "SELECT hook, trace_id, pid, seen FROM pids ORDER BY rowid")
+
+
+def record(handler: ChainWatchHandler, n: int, answer: str = "Paris is the capital.") -> None:
+    chain = (
+        ChatPromptTemplate.from_messages([("human", "{q}")])
+        | FakeListChatModel(responses=[answer])
+        | StrOutputParser()
+    )
+    for i in range(n):
+        chain.invoke({"q": f"question {i}"}, config={"callbacks": [handler]})
+
+
+@pytest.fixture
+def fresh_process() -> Iterator[None]:
+    """A test that breaks the hook process leaves a working one to the next test."""
+    runner.flush()
+    yield
+    runner.flush()
+    runner.process.close()
+    runner.process.failed = False
+
+
+def test_default_hooks_run_in_the_hook_process(make_handler: Any, db_path: Path) -> None:
+    handler = make_handler()
+    assert [type(h) for h in handler.hooks] == [QualityHook, DriftHook] and handler.hook_process
+    record(handler, 3)
+    assert handler.flush()
+    worker = runner.process.pid
+    assert worker is not None and worker != os.getpid()
+    # the quality hook's rows landed, one per answer, and every run is in hook_runs
+    assert len(rows(db_path, "SELECT * FROM quality")) == 3
+    runs = rows(db_path, "SELECT hook, status FROM hook_runs ORDER BY id")
+    assert sorted((r["hook"], r["status"]) for r in runs) == [("drift", "ok")] * 3 + [
+        ("quality", "ok")
+    ] * 3
+    # the drift hook's counter came back from the worker to the handler's own hook object
+    assert handler.hooks[1].seen == 3
+
+
+def test_portable_and_home_hooks_keep_their_order(make_handler: Any, db_path: Path) -> None:
+    handler = make_handler(hooks=[PidHook("a"), HomeHook("b"), PidHook("c"), PidHook("d")])
+    record(handler, 4)
+    assert handler.flush()
+    found = pids(db_path)
+    assert len(found) == 16
+    by_trace: dict[str, list[dict[str, Any]]] = {}
+    for row in found:
+        by_trace.setdefault(row["trace_id"], []).append(row)
+    for trace_rows in by_trace.values():
+        # each hook saw what the hooks before it stored for the trace, across processes
+        assert [(r["hook"], r["seen"]) for r in trace_rows] == [
+            ("a", 0), ("b", 1), ("c", 2), ("d", 3)
+        ]
+        where = {r["hook"]: r["pid"] for r in trace_rows}
+        assert where["b"] == os.getpid()
+        assert where["a"] == where["c"] == where["d"] == runner.process.pid != os.getpid()
+
+
+def test_hook_process_off_runs_hooks_here(make_handler: Any, db_path: Path) -> None:
+    handler = make_handler(hooks=[PidHook("a")], hook_process=False)
+    record(handler, 2)
+    assert handler.flush()
+    assert {r["pid"] for r in pids(db_path)} == {os.getpid()}
+
+
+def test_env_turns_the_hook_process_off(
+    make_handler: Any, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHAINWATCH_HOOK_PROCESS", "0")
+    handler = make_handler(hooks=[PidHook("a")])
+    assert not handler.hook_process
+    record(handler, 1)
+    assert handler.flush()
+    assert {r["pid"] for r in pids(db_path)} == {os.getpid()}
+
+
+def test_a_hook_that_does_not_pickle_runs_here(
+    make_handler: Any, db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    handler = make_handler(hooks=[Unpicklable("u"), HomeHook("h"), PidHook("p")])
+    with caplog.at_level(logging.WARNING, logger="chainwatch"):
+        record(handler, 3)
+        assert handler.flush()
+    assert [r["pid"] == os.getpid() for r in pids(db_path) if r["hook"] == "u"] == [True] * 3
+    # the portable group after the home hook still went to the worker; one warning in all
+    assert {r["pid"] for r in pids(db_path) if r["hook"] == "p"} == {runner.process.pid}
+    assert sum("do not pickle" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_a_killed_hook_process_loses_no_trace(
+    make_handler: Any, db_path: Path, fresh_process: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    handler = make_handler(hooks=[PidHook("a"), QualityHook()])
+    record(handler, 2)
+    assert handler.flush()
+    worker = runner.process.pid
+    assert worker is not None
+    os.kill(worker, signal.SIGKILL)
+    with caplog.at_level(logging.WARNING, logger="chainwatch"):
+        record(handler, 3)
+        assert handler.flush()
+    # the batch the dead worker could not take ran on the hook thread, and so did the rest
+    where = [r["pid"] for r in pids(db_path)]
+    assert where == [worker, worker, os.getpid(), os.getpid(), os.getpid()]
+    assert len(rows(db_path, "SELECT * FROM quality")) == 5
+    assert runner.process.failed
+    assert any("hook thread from now on" in r.getMessage() for r in caplog.records)
+
+
+def test_the_hook_process_ends_with_the_app(tmp_path: Path) -> None:
+    """A script that never flushes: at exit its last traces are analysed, then the worker ends."""
+    db = tmp_path / "exit.db"
+    script = textwrap.dedent(
+        """
+        import sys
+        from langchain_core.language_models import FakeListChatModel
+        from chainwatch import ChainWatchHandler
+        from test_hook_process import PidHook
+        handler = ChainWatchHandler(sys.argv[1], hooks=[PidHook("a")])
+        model = FakeListChatModel(responses=["fine"])
+        for i in range(5):
+            model.invoke(f"q{i}", config={"callbacks": [handler]})
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", script, str(db)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found = pids(db)
+    assert len(found) == 5
+    worker = found[0]["pid"]
+    assert {r["pid"] for r in found} == {worker}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(worker):
+        time.sleep(0.05)
+    assert not _alive(worker), "the hook process outlived the app"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers signal 0; its parent (the script) is gone, so init reaps it soon.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
