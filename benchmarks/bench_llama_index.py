@@ -52,6 +52,9 @@ from _harness import (
     _rss_kb,
     at_most,
     base_parser,
+    checkpoint_chainwatch,
+    checkpoint_ms,
+    cpu_ns,
     environment,
     finish_chainwatch,
     print_profiles,
@@ -330,9 +333,11 @@ class Config:
             finish_chainwatch(self.chainwatch, self.name)
 
     def reset(self) -> None:
-        """Between rounds (untimed): drop what LlamaDebugHandler kept, so rounds stay alike."""
+        """Between rounds (untimed): drop what LlamaDebugHandler kept, checkpoint chainwatch."""
         if isinstance(self.legacy, LlamaDebugHandler):
             self.legacy.flush_event_logs()
+        if self.chainwatch is not None:
+            checkpoint_chainwatch(self.chainwatch, self.name)
 
 
 def make_config(name: str, index: VectorStoreIndex, db: Path | None) -> Config:
@@ -443,14 +448,14 @@ def interleaved(configs: dict[str, Config], calls: int, rounds: int, warmup: int
             config = configs[name]
             with config.active():
                 gc.collect()
-                cpu = time.process_time_ns()
+                cpu = cpu_ns()
                 start = time.perf_counter_ns()
                 for _ in range(calls):
                     config.query()
                 called = time.perf_counter_ns()
                 config.finish()
                 end = time.perf_counter_ns()
-                cpu = time.process_time_ns() - cpu
+                cpu = cpu_ns() - cpu
             out.wall[name].append((end - start) / calls / 1_000)
             out.cpu[name].append(cpu / calls / 1_000)
             out.flush[name].append((end - called) / calls / 1_000)
@@ -531,6 +536,12 @@ def bench_per_span(sizes: Sizes, tmp: Path, figures: list[Figure], details: dict
         f"  noise: no-handler rounds ranged {min(none):.0f}-{max(none):.0f} µs/query; "
         "flush: the median's share spent waiting in the final flush (writer and hooks)"
     )
+    blocks = [ms for name in configs for ms in checkpoint_ms.get(name, [])]
+    if blocks:
+        print(
+            "  WAL checkpoint after each chainwatch block (untimed, background I/O): median "
+            f"{statistics.median(blocks):.1f} ms"
+        )
     for name in ("legacy", "dispatcher", "both"):
         label, nohooks = LABELS[name], f"{name}_nohooks"
         figures.append(

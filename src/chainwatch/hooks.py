@@ -213,6 +213,7 @@ def _run_here(
 
 _BATCH = 200
 _IDLE_S = 0.05
+_PROCESS_IDLE_S = 0.01
 _OPEN_STORES = 4
 
 
@@ -290,6 +291,14 @@ class HookRunner:
                 )
                 self._thread.start()
 
+    def _window(self) -> float:
+        """How long a batch may fill. A batch for the hook process costs this process one
+        message, so it goes sooner, and less is left for a `flush()` to wait for."""
+        first = self._queue[0] if self._queue else None
+        if isinstance(first, _Job) and first.process and not self.process.failed:
+            return _PROCESS_IDLE_S
+        return _IDLE_S
+
     def _store(self, path: Path) -> Store:
         store = self._stores.pop(path, None)
         if store is None:
@@ -306,7 +315,7 @@ class HookRunner:
                 self._wake.wait()  # idle: nothing to do until a trace or a flush arrives
                 self._wake.clear()
             if len(self._queue) < _BATCH and not self._flush_requested.is_set():
-                self._wake.wait(_IDLE_S)
+                self._wake.wait(self._window())
                 self._wake.clear()
             while self._queue:
                 batch: list[_Job] = []
