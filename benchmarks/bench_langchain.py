@@ -23,6 +23,7 @@ import gc
 import os
 import statistics
 import sys
+import threading
 import time
 import tracemalloc
 import uuid
@@ -637,6 +638,7 @@ def bench_writer(sizes: Sizes, tmp: Path, figures: list[Figure], details: dict[s
     )
     figures.append(Figure("writer put, caller side", put_us, "µs/span"))
     del spans
+    bench_writer_busy(sizes, tmp, figures, details)
 
     chain = build_rag_chain(FakeChatModel())
     handler = ChainWatchHandler(db=tmp / "flush.db")
@@ -663,6 +665,47 @@ def bench_writer(sizes: Sizes, tmp: Path, figures: list[Figure], details: dict[s
     figures.append(
         at_most(f"flush() after {sizes.flush_batch} invocations", median, "ms", 20, strict=True)
     )
+
+
+def bench_writer_busy(
+    sizes: Sizes, tmp: Path, figures: list[Figure], details: dict[str, Any]
+) -> None:
+    """The writer while an app thread keeps the interpreter busy (pure Python, no waits).
+
+    Every time the writer lets go of the interpreter lock (SQLite's work runs without it), it
+    must wait for the busy thread to give it back. Printed: spans/s written, and how much of
+    its pace the busy thread kept, against the same thread alone.
+    """
+    n = sizes.writer_spans // 10
+    spans = make_spans(n)
+    settings = RowSettings()
+
+    def spin(seconds: float, stop: threading.Event | None = None) -> float:
+        loops, start = 0, time.perf_counter()
+        while (stop is None or not stop.is_set()) and time.perf_counter() - start < seconds:
+            sum(range(1000))
+            loops += 1
+        return loops / (time.perf_counter() - start)
+
+    alone = spin(1.0)
+    writer = cw_writer.writer_for(tmp / "writer-busy.db", queue_size=max(n, 100_000))
+    stop = threading.Event()
+    pace: list[float] = []
+    app = threading.Thread(target=lambda: pace.append(spin(600.0, stop)))
+    app.start()
+    start = time.perf_counter()
+    for rec in spans:
+        writer.put(rec, settings)
+    writer.flush(600.0)
+    total_s = time.perf_counter() - start
+    stop.set()
+    app.join()
+    writer.shutdown()
+    rate, kept = n / total_s, pace[0] / alone
+    details["writer_busy"] = {"spans": n, "total_s": total_s, "app_pace_kept": kept}
+    print(f"  {n:,} spans beside a busy app thread: {total_s:.2f} s; the app kept {kept:.0%}")
+    figures.append(Figure("writer throughput, busy app thread", rate, "spans/s"))
+    figures.append(Figure("  app pace kept meanwhile", kept * 100, "%"))
 
 
 # -- profile -------------------------------------------------------------------------------------

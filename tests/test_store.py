@@ -937,3 +937,21 @@ def test_kill_9_mid_write_leaves_a_sound_database(db_path: Path) -> None:
     assert chainwatch.trace("after-crash", db=db_path).root.outputs == "fine"
     assert count_spans(db_path) == len(rows) + 1
     handler.shutdown()
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 7, 31, 32, 33, 75])
+def test_bulk_insert_writes_every_row_in_order(tmp_path: Path, count: int) -> None:
+    """Rows go in 32 (then 8, 2, 1) per statement; every remainder lands, in order."""
+    from chainwatch.store.rows import BulkInsert
+
+    conn = sqlite3.connect(tmp_path / "bulk.db")
+    conn.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT, c REAL)")
+    insert = BulkInsert("INSERT OR REPLACE INTO t", ("a", "b", "c"))
+    rows = [(i, f"row {i}", i / 2) for i in range(count)]
+    insert(conn, rows)
+    assert conn.execute("SELECT a, b, c FROM t ORDER BY rowid").fetchall() == rows
+    # OR REPLACE keeps its meaning across statements: a later row with the same key wins
+    insert(conn, [(0, "first", 0.0), (0, "again", 1.0)])
+    assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == max(count, 1)
+    assert conn.execute("SELECT b FROM t WHERE a = 0").fetchone()[0] == "again"
+    conn.close()

@@ -292,8 +292,11 @@ class HookRunner:
                 self._thread.start()
 
     def _window(self) -> float:
-        """How long a batch may fill. A batch for the hook process costs this process one
-        message, so it goes sooner, and less is left for a `flush()` to wait for."""
+        """How long a batch may fill.
+
+        A batch for the hook process costs this process one message, so it goes sooner, and
+        less is left for a `flush()` to wait for.
+        """
         first = self._queue[0] if self._queue else None
         if isinstance(first, _Job) and first.process and not self.process.failed:
             return _PROCESS_IDLE_S

@@ -3,21 +3,53 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from .. import pricing
 from .._serialize import DEFAULT_MAX_CHARS, repair_text, to_json, truncate_text
 from ..spans import SPAN_FIELDS, SpanRecord
 
-SPAN_INSERT = "INSERT OR REPLACE INTO spans ({}) VALUES ({})".format(
-    ", ".join(SPAN_FIELDS), ", ".join("?" for _ in SPAN_FIELDS)
+
+class BulkInsert:
+    """Inserts rows with one statement per 32 rows (then 8, 2, 1) instead of one per row.
+
+    `executemany` lets go of the interpreter lock around every row's step and must take it
+    back before the next: while the app keeps the interpreter busy, every retake waits up to a
+    switch interval (5 ms) and then preempts the app. Measured here against a busy thread,
+    that was 9 ms per row; one statement per 32 rows retakes the lock 32 times less often.
+    32 rows of up to 30 columns stay under SQLite's oldest limit of 999 parameters.
+    """
+
+    _SIZES = (32, 8, 2, 1)
+
+    def __init__(self, head: str, columns: Sequence[str]) -> None:
+        one = "(" + ", ".join("?" for _ in columns) + ")"
+        prefix = f"{head} ({', '.join(columns)}) VALUES "
+        self.statements = {size: prefix + ", ".join([one] * size) for size in self._SIZES}
+        self.one_row = prefix + one
+
+    def __call__(self, conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert `rows` on `conn` (inside the caller's transaction)."""
+        done, total = 0, len(rows)
+        for size in self._SIZES:
+            statement = self.statements[size]
+            while total - done >= size:
+                conn.execute(statement, list(chain.from_iterable(rows[done : done + size])))
+                done += size
+
+
+insert_spans = BulkInsert("INSERT OR REPLACE INTO spans", SPAN_FIELDS)
+insert_events = BulkInsert(
+    "INSERT INTO span_events", ("span_id", "trace_id", "name", "time", "attributes")
 )
-EVENT_INSERT = (
-    "INSERT INTO span_events (span_id, trace_id, name, time, attributes) VALUES (?, ?, ?, ?, ?)"
-)
+SPAN_INSERT = insert_spans.one_row
+EVENT_INSERT = insert_events.one_row
 _PRICED_KINDS = frozenset({"llm", "embedding", "evaluator"})
 
 

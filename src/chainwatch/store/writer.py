@@ -208,9 +208,9 @@ class Writer:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    conn.executemany(rows.SPAN_INSERT, spans)
+                    rows.insert_spans(conn, spans)
                     if events:
-                        conn.executemany(rows.EVENT_INSERT, events)
+                        rows.insert_events(conn, events)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:
