@@ -53,9 +53,10 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
         capture_outputs: store outputs.
         prices: USD prices per million tokens for models genai-prices does not know,
             e.g. ``{"my-llm": {"input_per_mtok": 0.5, "output_per_mtok": 1.5}}``.
-        hooks: post-run hooks, each called as ``hook(trace, store)`` on the hook thread after
-            a trace's spans are committed. Default: quality analysis and a drift check
-            every 100 traces once a baseline is set; ``[]`` runs none.
+        hooks: post-run hooks, each called as ``hook(trace, store)`` after a trace's spans
+            are committed, in order: on the hook thread, or in the hook process for hooks
+            marked ``portable``. Default: quality analysis and a drift check every 100
+            traces once a baseline is set; ``[]`` runs none.
         hook_process: run the built-in hooks (quality, drift) in a helper process, so that
             their analysis does not compete with the app for the interpreter lock; other
             hooks run on the hook thread either way. Default on, unless

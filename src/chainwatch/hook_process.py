@@ -61,7 +61,12 @@ def is_portable(hook: Any) -> bool:
 
 
 def enabled_by_env() -> bool:
-    """``CHAINWATCH_HOOK_PROCESS=0`` keeps every hook on the hook thread."""
+    """``CHAINWATCH_HOOK_PROCESS=0`` keeps every hook on the hook thread.
+
+    POSIX only: the pipes are file descriptors, which Windows' `Connection` does not take.
+    """
+    if os.name != "posix":
+        return False
     return os.environ.get("CHAINWATCH_HOOK_PROCESS", "1").lower() not in ("0", "false", "no")
 
 

@@ -1,8 +1,9 @@
 """Post-run hooks: analysis that runs after a trace is complete and committed.
 
 The writer tells the runner a trace is committed; the runner's own thread loads the trace and
-calls each hook in order. A hook that raises is recorded in `hook_runs` and the next one
-runs; a slow hook delays only the hooks behind it, never the app or the writer.
+calls each hook in order, handing runs of portable hooks to the hook process (`hook_process`)
+and waiting for them. A hook that raises is recorded in `hook_runs` and the next one runs; a
+slow hook delays only the hooks behind it, never the app or the writer.
 """
 
 from __future__ import annotations
