@@ -35,11 +35,19 @@ class Store:
 
     @property
     def conn(self) -> Any:
-        """The `sqlite3.Connection` (explicit transactions: use `transaction()` to write)."""
+        """The `sqlite3.Connection` (explicit transactions: use `transaction()` to write).
+
+        Writes that earlier hooks left waiting are committed first, so that whoever reads
+        through this connection sees them.
+        """
+        if self._buffer:
+            pending, self._buffer = self._buffer, {}
+            self._commit(pending)
         return self.db.conn
 
     def trace(self, trace_id: str) -> Trace:
         """Load a stored trace."""
+        self.conn  # noqa: B018 - what earlier hooks wrote lands first
         spans = queries.span_rows(self.db, trace_id)
         return Trace(spans, queries.event_rows(self.db, spans[0].trace_id))
 
@@ -53,7 +61,8 @@ class Store:
         """Run `sql` for each row in one `BEGIN IMMEDIATE` transaction.
 
         While the hook thread runs a batch of traces, writes are collected and committed
-        together once each hook has seen the whole batch.
+        together once every hook has seen the whole batch, or earlier, when a hook reads
+        through `conn`.
         """
         if not rows:
             return
@@ -65,10 +74,6 @@ class Store:
     def buffered(self) -> None:
         """Collect writes until `commit_buffer()`."""
         self._buffer = {}
-
-    def has_buffered(self) -> bool:
-        """Whether writes are waiting for `commit_buffer()`."""
-        return bool(self._buffer)
 
     def commit_buffer(self) -> None:
         """Write what was collected, in one transaction."""
@@ -171,11 +176,13 @@ def _run_here(
     store: Store,
     results: dict[str, list[tuple[str, str]]],
 ) -> None:
+    # One transaction for the batch: every hook's rows and the `hook_runs` rows. A hook that
+    # reads through `store.conn` commits what the hooks before it wrote first (see `Store`).
     runs: list[tuple[Any, ...]] = []
-    for hook in hooks:
-        name = hook_name(hook)
-        store.buffered()
-        try:
+    store.buffered()
+    try:
+        for hook in hooks:
+            name = hook_name(hook)
             for trace_id, trace in traces.items():
                 started = time.time_ns()
                 t0 = time.perf_counter()
@@ -190,25 +197,12 @@ def _run_here(
                 status = "ok" if error is None else "error"
                 runs.append((name, trace_id, status, iso_time(started), duration_ms, error))
                 results[trace_id].append((name, status))
-        finally:
-            # A hook that stored nothing needs no transaction of its own: its `hook_runs` rows
-            # go with the next commit. One that stored something commits before the next hook
-            # runs, so that hook reads what this one wrote.
-            try:
-                if store.has_buffered():
-                    store.write(_HOOK_RUN_SQL, runs)
-                    runs = []
-                    store.commit_buffer()
-                else:
-                    store._buffer = None
-            except Exception as exc:
-                store._buffer = None
-                runs = []
-                internal_error("hooks.record", exc)
-    if runs:
+    finally:
         try:
             store.write(_HOOK_RUN_SQL, runs)
+            store.commit_buffer()
         except Exception as exc:
+            store._buffer = None
             internal_error("hooks.record", exc)
 
 
