@@ -174,6 +174,47 @@ def test_a_killed_hook_process_loses_no_trace(
     assert any("hook thread from now on" in r.getMessage() for r in caplog.records)
 
 
+class GateHook:
+    """Portable; waits (up to 30 s) until its gate file exists, so batches stay unanswered."""
+
+    portable = True
+    name = "gate"
+
+    def __init__(self, gate: Path) -> None:
+        self.gate = gate
+
+    def __call__(self, trace: Trace, store: Store) -> None:
+        deadline = time.monotonic() + 30
+        while not self.gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_batches_in_flight_when_the_worker_dies_run_here(
+    make_handler: Any, db_path: Path, tmp_path: Path, fresh_process: None
+) -> None:
+    gate = tmp_path / "gate"
+    handler = make_handler(hooks=[GateHook(gate), PidHook("a")])
+    record(handler, 3)
+    deadline = time.monotonic() + 30
+    while runner.process.in_flight == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the hook thread sends without waiting for the answer
+    assert runner.process.in_flight > 0
+    worker = runner.process.pid
+    assert worker is not None
+    os.kill(worker, signal.SIGKILL)
+    gate.touch()
+    assert handler.flush()
+    # every trace's hooks ran exactly once, here, in order
+    found = pids(db_path)
+    assert [r["pid"] for r in found] == [os.getpid()] * 3
+    assert len({r["trace_id"] for r in found}) == 3
+    runs = rows(db_path, "SELECT hook, trace_id, status FROM hook_runs ORDER BY id")
+    assert sorted((r["trace_id"], r["hook"], r["status"]) for r in runs) == sorted(
+        (r["trace_id"], hook, "ok") for r in found for hook in ("gate", "a")
+    )
+
+
 def test_the_hook_process_ends_with_the_app(tmp_path: Path) -> None:
     """A script that never flushes: at exit its last traces are analysed, then the worker ends."""
     db = tmp_path / "exit.db"

@@ -21,15 +21,19 @@ stdout aside first, so a stray print cannot corrupt it):
 
 from __future__ import annotations
 
+import collections
 import os
 import pickle
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+from ._errors import logger
 
 _BOOT = (
     "import os, sys\n"
@@ -41,6 +45,7 @@ _BOOT = (
     "serve(inbox, outbox)\n"
 )
 _GROUPS = 64  # hook groups the worker keeps (one per handler; evicted least recently used)
+_IN_FLIGHT = 16  # batches sent and not yet answered
 
 
 class HookProcessError(RuntimeError):
@@ -49,10 +54,6 @@ class HookProcessError(RuntimeError):
 
 class HookNotPortable(HookProcessError):
     """A hook marked portable does not pickle; its group runs on the hook thread."""
-
-    def __init__(self, reason: str, *, first: bool) -> None:
-        super().__init__(reason)
-        self.first = first  # False once this group was refused before
 
 
 def is_portable(hook: Any) -> bool:
@@ -70,10 +71,25 @@ def enabled_by_env() -> bool:
     return os.environ.get("CHAINWATCH_HOOK_PROCESS", "1").lower() not in ("0", "false", "no")
 
 
+class Batch:
+    """Traces handed to the worker for a group of hooks, until its answer comes back."""
+
+    __slots__ = ("hooks", "path", "results", "trace_ids")
+
+    def __init__(self, hooks: Sequence[Any], path: Path, trace_ids: Sequence[str]) -> None:
+        self.hooks = hooks
+        self.path = path
+        self.trace_ids = list(trace_ids)
+        self.results: dict[str, list[tuple[str, str]]] | None = None
+
+
 class HookProcess:
     """The parent's side: starts the worker on first use, sends batches, reads answers.
 
-    Used by the hook thread only; `close()` may come from `atexit`.
+    Batches are pipelined: `send` does not wait, and the answers are read as they come
+    (`collect`), at the latest when a flush needs them. When the worker fails, every batch it
+    had not answered is handed back through `take_redo()` to run on the hook thread. Used by
+    the hook thread only; `close()` may come from `atexit`.
     """
 
     def __init__(self) -> None:
@@ -84,6 +100,8 @@ class HookProcess:
         # the ids stay theirs).
         self._groups: dict[tuple[int, ...], tuple[Any, ...]] = {}
         self._refused: dict[tuple[int, ...], tuple[Any, ...]] = {}  # groups that do not pickle
+        self._in_flight: collections.deque[Batch] = collections.deque()
+        self._redo: list[Batch] = []
         self._lock = threading.Lock()
         self.failed = False  # once the worker failed, this process runs hooks in-thread
         self.batches = 0
@@ -94,44 +112,109 @@ class HookProcess:
         proc = self._proc
         return proc.pid if proc is not None and proc.poll() is None else None
 
-    def run(
-        self, hooks: Sequence[Any], path: Path, trace_ids: Sequence[str]
-    ) -> dict[str, list[tuple[str, str]]]:
-        """Run `hooks` on the stored traces in the worker; their state comes back to `hooks`.
+    @property
+    def in_flight(self) -> int:
+        """Batches sent to the worker and not answered yet."""
+        return len(self._in_flight)
+
+    def send(self, hooks: Sequence[Any], path: Path, trace_ids: Sequence[str]) -> Batch:
+        """Hand the worker a batch without waiting for it.
 
         Raises:
             HookNotPortable: a hook does not pickle; the worker is fine, run them here.
-            HookProcessError: the worker could not run the batch; nothing was applied here.
+            HookProcessError: the worker failed; this batch and any unanswered before it
+                are in `take_redo()`.
         """
         key = tuple(map(id, hooks))
+        batch = Batch(hooks, path, trace_ids)
         with self._lock:
+            if self.failed:
+                raise HookProcessError("the hook process failed before")
             if key in self._refused:
-                raise HookNotPortable("does not pickle", first=False)
+                raise HookNotPortable("does not pickle")
+            # A bounded pipeline: neither pipe can fill up while the other side waits.
+            while len(self._in_flight) >= _IN_FLIGHT:
+                self._read(wait=True, one=True)
+                if self.failed:
+                    self._redo.append(batch)
+                    raise HookProcessError("the hook process failed")
             try:
                 self._start()
-                assert self._outbox is not None and self._inbox is not None
+                assert self._outbox is not None
                 if key not in self._groups:
                     self._remember(key, tuple(hooks))
                 else:
                     self._groups[key] = self._groups.pop(key)  # most recently used last
-                self._outbox.send(("run", key, str(path), list(trace_ids)))
-                answer = self._inbox.recv()
+                self._outbox.send(("run", key, str(path), batch.trace_ids))
             except HookNotPortable:
                 raise
-            except HookProcessError:
-                self._stop()
-                raise
-            except (OSError, EOFError, pickle.UnpicklingError) as exc:
-                self._stop()
+            except (HookProcessError, OSError, pickle.PicklingError) as exc:
+                self._redo.append(batch)
+                self._fail(exc)
                 raise HookProcessError(f"hook process failed: {exc!r}") from exc
-        if answer[0] != "ok":
-            raise HookProcessError(f"hook process could not run the batch: {answer[1]}")
-        _, results, states = answer
-        for hook, state in zip(hooks, states, strict=True):
-            for name, value in state.items():
-                setattr(hook, name, value)
-        self.batches += 1
-        return results
+            self._in_flight.append(batch)
+        return batch
+
+    def collect(self, wait: bool) -> None:
+        """Read the answers that arrived (`wait`: every answer still owed)."""
+        with self._lock:
+            self._read(wait=wait)
+
+    def run(
+        self, hooks: Sequence[Any], path: Path, trace_ids: Sequence[str]
+    ) -> dict[str, list[tuple[str, str]]]:
+        """Run `hooks` on the stored traces in the worker and wait for them.
+
+        Raises:
+            HookNotPortable: a hook does not pickle; the worker is fine, run them here.
+            HookProcessError: the worker could not run the batch; run it here.
+        """
+        batch = self.send(hooks, path, trace_ids)
+        self.collect(wait=True)
+        if batch.results is None:
+            with self._lock:
+                if batch in self._redo:
+                    self._redo.remove(batch)  # the caller runs it, not the redo list
+            raise HookProcessError("the hook process failed")
+        return batch.results
+
+    def take_redo(self) -> list[Batch]:
+        """Batches the failed worker did not answer: the hook thread runs them itself."""
+        with self._lock:
+            redo, self._redo = self._redo, []
+        return redo
+
+    def _read(self, wait: bool, one: bool = False) -> None:
+        while self._in_flight:
+            inbox = self._inbox
+            try:
+                if inbox is None or (not wait and not inbox.poll()):
+                    return
+                answer = inbox.recv()
+            except (OSError, EOFError, pickle.UnpicklingError) as exc:
+                self._fail(exc)
+                return
+            batch = self._in_flight.popleft()
+            if answer[0] != "ok":
+                self._in_flight.appendleft(batch)
+                self._fail(HookProcessError(f"the batch failed there: {answer[1]}"))
+                return
+            _, batch.results, states = answer
+            for hook, state in zip(batch.hooks, states, strict=True):
+                for name, value in state.items():
+                    setattr(hook, name, value)
+            self.batches += 1
+            if one:
+                return
+
+    def _fail(self, exc: BaseException) -> None:
+        """The worker is no use any more: what it owes goes to `take_redo()`."""
+        self._redo.extend(self._in_flight)
+        self._in_flight.clear()
+        self.failed = True
+        self._stop()
+        logger.warning("chainwatch runs its hooks on the hook thread from now on: the hook "
+                       "process failed (%r)", exc)
 
     def _remember(self, key: tuple[int, ...], hooks: tuple[Any, ...]) -> None:
         assert self._outbox is not None
@@ -142,7 +225,10 @@ class HookProcess:
             while len(self._refused) >= _GROUPS:
                 del self._refused[next(iter(self._refused))]
             self._refused[key] = hooks
-            raise HookNotPortable(repr(exc), first=True) from exc
+            names = [getattr(h, "name", None) or type(h).__name__ for h in hooks]
+            logger.warning("chainwatch runs hooks %s on the hook thread: they do not pickle "
+                           "(%r)", names, exc)
+            raise HookNotPortable(repr(exc)) from exc
         while len(self._groups) >= _GROUPS:
             old = next(iter(self._groups))
             del self._groups[old]
@@ -198,8 +284,16 @@ class HookProcess:
             proc.wait()
 
     def close(self, wait_s: float = 1.0) -> None:
-        """Stop the worker (idempotent)."""
+        """Stop the worker, after the answers it still owes (up to `wait_s`). Idempotent."""
         with self._lock:
+            deadline = time.monotonic() + wait_s
+            while self._in_flight and self._inbox is not None:
+                try:
+                    if not self._inbox.poll(max(0.0, deadline - time.monotonic())):
+                        break
+                except OSError:
+                    break
+                self._read(wait=True, one=True)
             self._stop(wait_s)
 
     def forget_after_fork(self) -> None:
@@ -213,6 +307,8 @@ class HookProcess:
         self._proc = self._outbox = self._inbox = None
         self._groups = {}
         self._refused = {}
+        self._in_flight = collections.deque()
+        self._redo = []
         self._lock = threading.Lock()
 
 

@@ -137,14 +137,8 @@ def run_batch(
         if portable and process is not None and not process.failed:
             try:
                 remote = process.run(group, store.path, trace_ids)
-            except HookNotPortable as exc:
-                if exc.first:
-                    logger.warning("chainwatch runs hooks %s on the hook thread: they do not "
-                                   "pickle (%s)", [hook_name(h) for h in group], exc)
-            except HookProcessError as exc:
-                process.failed = True
-                logger.warning("chainwatch runs its hooks on the hook thread from now on: %s",
-                               exc)
+            except HookProcessError:
+                pass  # logged by the hook process; the group runs here
             else:
                 for trace_id, runs in remote.items():
                     results.setdefault(trace_id, []).extend(runs)
@@ -330,18 +324,48 @@ class HookRunner:
                 for job in batch:
                     groups.setdefault((id(job.hooks), job.path, job.process), []).append(job)
                 for jobs in groups.values():
-                    try:
-                        store = self._store(jobs[0].path)
-                        process = self.process if jobs[0].process else None
-                        run_batch(jobs[0].hooks, [j.trace_id for j in jobs], store, process)
-                        self.runs += len(jobs)
-                    except Exception as exc:
-                        try:
-                            internal_error("hooks.run", exc)
-                        except BaseException:
-                            pass
+                    self._run_jobs(jobs)
+                self._catch_up(wait=marker is not None)
                 if marker is not None:
                     marker.set()
+
+    def _run_jobs(self, jobs: list[_Job]) -> None:
+        hooks, path = jobs[0].hooks, jobs[0].path
+        trace_ids = [j.trace_id for j in jobs]
+        try:
+            use_process = jobs[0].process and not self.process.failed
+            if use_process and all(map(is_portable, hooks)):
+                # Only the hook process's hooks: hand it the batch and go on; its answer is
+                # read later (at the latest by a flush).
+                try:
+                    self.process.send(hooks, path, trace_ids)
+                    self.runs += len(jobs)
+                    return
+                except HookNotPortable:
+                    pass
+                except HookProcessError:
+                    return  # the batch waits in take_redo(), run by _catch_up
+            process = self.process if use_process else None
+            run_batch(hooks, trace_ids, self._store(path), process)
+            self.runs += len(jobs)
+        except Exception as exc:
+            self._internal(exc)
+
+    def _catch_up(self, wait: bool) -> None:
+        """Read the hook process's answers; run here what it failed to."""
+        try:
+            self.process.collect(wait)
+            for batch in self.process.take_redo():
+                run_batch(batch.hooks, batch.trace_ids, self._store(batch.path))
+        except Exception as exc:
+            self._internal(exc)
+
+    @staticmethod
+    def _internal(exc: BaseException) -> None:
+        try:
+            internal_error("hooks.run", exc)
+        except BaseException:
+            pass  # on this thread re-raising would only stop the hooks
 
 
 runner = HookRunner()
