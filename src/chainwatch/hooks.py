@@ -254,7 +254,7 @@ class HookRunner:
         # Traces are taken in batches: each batch costs a read and a commit whatever its size.
         # The first trace wakes an idle thread, which then gives the batch _IDLE_S to fill; a
         # full batch (or a flush) cuts that short.
-        if len(self._queue) == 1 or len(self._queue) >= _BATCH:
+        if (len(self._queue) == 1 or len(self._queue) >= _BATCH) and not self._wake.is_set():
             self._wake.set()
 
     def flush(self, timeout: float | None = 60.0) -> bool:

@@ -79,7 +79,9 @@ class Writer:
         queue.append((rec, settings))
         if self._thread is None:
             self._ensure_thread()
-        if len(queue) >= _WAKE_AT:
+        if len(queue) >= _WAKE_AT and not self._wake.is_set():
+            # Once per wake-up: `set()` takes a lock and notifies, and a writer that is behind
+            # would otherwise be signalled by every span.
             self._wake.set()
         return True
 
