@@ -955,3 +955,32 @@ def test_bulk_insert_writes_every_row_in_order(tmp_path: Path, count: int) -> No
     assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == max(count, 1)
     assert conn.execute("SELECT b FROM t WHERE a = 0").fetchone()[0] == "again"
     conn.close()
+
+
+def test_begin_immediate_waits_for_another_writer_then_gives_up(tmp_path: Path) -> None:
+    path = tmp_path / "lock.db"
+    database.connect(path).conn.close()
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # another writer (its own connection, on its own thread)
+        holder = database.connect(path).conn
+        holder.execute("BEGIN IMMEDIATE")
+        locked.set()
+        release.wait(30)
+        holder.execute("COMMIT")
+        holder.close()
+
+    waiter = database.connect(path).conn
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert locked.wait(30)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        database.begin_immediate(waiter, timeout_s=0.05)
+    threading.Timer(0.2, release.set).start()
+    database.begin_immediate(waiter, timeout_s=30)  # returns once the holder commits
+    assert waiter.in_transaction and release.is_set()
+    waiter.execute("COMMIT")
+    thread.join()
+    # the connection's own busy timeout is back for everything else
+    assert waiter.execute("PRAGMA busy_timeout").fetchone()[0] == database.BUSY_TIMEOUT_MS
+    waiter.close()

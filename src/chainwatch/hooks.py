@@ -83,7 +83,7 @@ class Store:
 
     def _commit(self, batches: dict[str, list[Sequence[Any]]]) -> None:
         conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
+        database.begin_immediate(conn)
         try:
             for sql, rows in batches.items():
                 conn.executemany(sql, rows)

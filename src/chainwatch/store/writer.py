@@ -208,7 +208,7 @@ class Writer:
         # other processes wait on the busy timeout instead of failing a lock upgrade.
         for attempt in range(4):
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                database.begin_immediate(conn)
                 try:
                     rows.insert_spans(conn, spans)
                     if events:
