@@ -87,7 +87,8 @@ def begin_immediate(conn: sqlite3.Connection, timeout_s: float = BUSY_TIMEOUT_MS
     SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ms... between tries, so two
     connections that commit every few milliseconds (the writer and the hook process) would
     often wait 10-30 ms for a lock that was free after one. Here the wait starts at 0.2 ms
-    and doubles up to 5 ms, until `timeout_s`.
+    and doubles up to 5 ms, until `timeout_s`. Each try takes the interpreter lock, so this
+    is for the hook process and hook thread, not for the app's writer thread.
 
     Raises:
         sqlite3.OperationalError: the lock stayed taken for `timeout_s`, or another error.

@@ -208,7 +208,10 @@ class Writer:
         # other processes wait on the busy timeout instead of failing a lock upgrade.
         for attempt in range(4):
             try:
-                database.begin_immediate(conn)
+                # SQLite's own busy handler here, not `database.begin_immediate`: it waits
+                # without the interpreter lock, where a retry loop in Python would take the
+                # lock from the app for every try.
+                conn.execute("BEGIN IMMEDIATE")
                 try:
                     rows.insert_spans(conn, spans)
                     if events:
