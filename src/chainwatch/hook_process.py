@@ -41,6 +41,12 @@ _BOOT = (
     "from multiprocessing.connection import Connection\n"
     "inbox, outbox = Connection(0, writable=False), Connection(out, readable=False)\n"
     "sys.path[:] = inbox.recv()\n"
+    # sqlite-utils imports pandas when it can, which the hooks do not need: ~35 MB here.
+    "sys.modules['pandas'] = None\n"
+    "try:\n"
+    "    import sqlite_utils.db\n"
+    "finally:\n"
+    "    del sys.modules['pandas']\n"
     "from chainwatch.hook_process import serve\n"
     "serve(inbox, outbox)\n"
 )
