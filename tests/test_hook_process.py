@@ -215,6 +215,32 @@ def test_batches_in_flight_when_the_worker_dies_run_here(
     )
 
 
+def test_an_executable_that_is_not_python_falls_back_to_the_hook_thread(
+    make_handler: Any,
+    db_path: Path,
+    tmp_path: Path,
+    fresh_process: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An embedding server's `sys.executable` may start and never answer: it is given up on."""
+    from chainwatch import hook_process
+
+    silent = tmp_path / "not-python"
+    silent.write_text("#!/bin/sh\nexec sleep 30\n")
+    silent.chmod(0o755)
+    runner.process.close()
+    monkeypatch.setattr(sys, "executable", str(silent))
+    monkeypatch.setattr(hook_process, "_READY_S", 0.5)
+    handler = make_handler(hooks=[PidHook("a")])
+    with caplog.at_level(logging.WARNING, logger="chainwatch"):
+        record(handler, 2)
+        assert handler.flush()
+    assert [r["pid"] for r in pids(db_path)] == [os.getpid()] * 2
+    assert runner.process.failed and runner.process.pid is None
+    assert any("did not start a hook process" in r.getMessage() for r in caplog.records)
+
+
 def test_the_hook_process_ends_with_the_app(tmp_path: Path) -> None:
     """A script that never flushes: at exit its last traces are analysed, then the worker ends."""
     db = tmp_path / "exit.db"

@@ -52,6 +52,7 @@ _BOOT = (
 )
 _GROUPS = 64  # hook groups the worker keeps (one per handler; evicted least recently used)
 _IN_FLIGHT = 16  # batches sent and not yet answered
+_READY_S = 30.0  # how long a new worker may take to import chainwatch
 
 
 class HookProcessError(RuntimeError):
@@ -269,6 +270,17 @@ class HookProcess:
         proc.stdin.close()
         proc.stdout.close()
         self._outbox.send(list(sys.path))
+        # A Python that is not one (an embedding server's `sys.executable`) could sit on the
+        # pipe for ever; the worker says it is ready once chainwatch is imported, or it is
+        # given up on.
+        try:
+            ready = self._inbox.poll(_READY_S) and self._inbox.recv() == ("ready",)
+        except (OSError, EOFError, pickle.UnpicklingError):
+            ready = False
+        if not ready:
+            raise HookProcessError(
+                f"{sys.executable} did not start a hook process within {_READY_S:g} s"
+            )
 
     def _stop(self, wait_s: float = 1.0) -> None:
         """Close the pipes; the worker sees end of input and exits (killed if it lingers)."""
@@ -324,6 +336,7 @@ def serve(inbox: Connection, outbox: Connection) -> None:
 
     groups: dict[tuple[int, ...], tuple[Any, ...]] = {}
     stores: dict[str, hooks_module.Store] = {}
+    outbox.send(("ready",))
     while True:
         try:
             message = inbox.recv()
