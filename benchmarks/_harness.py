@@ -73,7 +73,7 @@ def cpu_ns() -> int:
     The built-in hooks run in a helper process; its CPU is chainwatch's cost all the same.
     """
     total = time.process_time_ns()
-    from chainwatch.hooks import runner
+    from chainwatch.hook_runner import runner
 
     pid = runner.process.pid
     if pid is not None:

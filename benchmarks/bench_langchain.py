@@ -66,6 +66,7 @@ from langchain_core.tracers.run_collector import RunCollectorCallbackHandler
 
 from chainwatch import ChainWatchHandler
 from chainwatch.spans import SpanRecord, Usage
+from chainwatch.store import database, rows
 from chainwatch.store import writer as cw_writer
 from chainwatch.store.rows import RowSettings
 
@@ -674,8 +675,6 @@ def bench_writer(sizes: Sizes, tmp: Path, figures: list[Figure], details: dict[s
 
 def sqlite_floor(spans: list[SpanRecord], path: Path) -> float:
     """Spans/s of SQLite alone: the writer's rows built beforehand, then only inserted."""
-    from chainwatch.store import database, rows
-
     built = [rows.span_row(rec, RowSettings()) for rec in spans]
     conn = database.connect(path).conn
     start = time.perf_counter()

@@ -24,7 +24,8 @@ from langchain_core.prompts import ChatPromptTemplate
 
 from chainwatch import ChainWatchHandler, Trace
 from chainwatch.baselines import DriftHook
-from chainwatch.hooks import Store, runner
+from chainwatch.hook_runner import runner
+from chainwatch.hooks import Store
 from chainwatch.quality import QualityHook
 from conftest import rows
 
@@ -122,20 +123,17 @@ def test_portable_and_home_hooks_keep_their_order(make_handler: Any, db_path: Pa
         assert where["a"] == where["c"] == where["d"] == runner.process.pid != os.getpid()
 
 
-def test_hook_process_off_runs_hooks_here(make_handler: Any, db_path: Path) -> None:
-    handler = make_handler(hooks=[PidHook("a")], hook_process=False)
-    record(handler, 2)
-    assert handler.flush()
-    assert {r["pid"] for r in pids(db_path)} == {os.getpid()}
-
-
-def test_env_turns_the_hook_process_off(
-    make_handler: Any, db_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_hook_process_off_runs_hooks_here(
+    make_handler: Any, db_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    monkeypatch.setenv("CHAINWATCH_HOOK_PROCESS", "0")
-    handler = make_handler(hooks=[PidHook("a")])
+    if how == "argument":
+        handler = make_handler(hooks=[PidHook("a")], hook_process=False)
+    else:
+        monkeypatch.setenv("CHAINWATCH_HOOK_PROCESS", "0")
+        handler = make_handler(hooks=[PidHook("a")])
     assert not handler.hook_process
-    record(handler, 1)
+    record(handler, 2)
     assert handler.flush()
     assert {r["pid"] for r in pids(db_path)} == {os.getpid()}
 

@@ -259,16 +259,14 @@ def test_groundedness_function() -> None:
 # -- the refusal detector over the labelled set -----------------------------------------------
 
 
-def load_labelled() -> list[Row]:
-    rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line]
-    assert {r["label"] for r in rows} == {"compliance", "full_refusal", "partial_refusal"}
-    return rows
+def load_labelled(path: Path = DATA) -> list[Row]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def test_refusal_detector_precision_recall_f1_on_the_labelled_set() -> None:
-    rows = load_labelled()
+def score(rows: list[Row]) -> tuple[int, int, int, list[Row]]:
+    """True positives, false positives, false negatives, and the rows judged wrongly."""
     tp = fp = fn = 0
-    misses: list[str] = []
+    wrong: list[Row] = []
     for row in rows:
         gold = row["label"] != "compliance"
         found = detect_refusal(row["response"], row["query"]).is_refusal
@@ -276,7 +274,15 @@ def test_refusal_detector_precision_recall_f1_on_the_labelled_set() -> None:
         fp += found and not gold
         fn += gold and not found
         if gold != found:
-            misses.append(f"{row['label']}: {row['note']}")
+            wrong.append(row)
+    return tp, fp, fn, wrong
+
+
+def test_refusal_detector_precision_recall_f1_on_the_labelled_set() -> None:
+    rows = load_labelled()
+    assert {r["label"] for r in rows} == {"compliance", "full_refusal", "partial_refusal"}
+    tp, fp, fn, wrong = score(rows)
+    misses = [f"{row['label']}: {row['note']}" for row in wrong]
     precision = tp / (tp + fp)
     recall = tp / (tp + fn)
     f1 = 2 * precision * recall / (precision + recall)
@@ -289,20 +295,11 @@ def test_refusal_detector_on_refusals_without_the_usual_words() -> None:
     # A second labelled set: refusals that lecture, redirect, offer only alternatives or
     # decline softly ("I'll sit this one out"), and compliant answers that warn, quote or
     # correct a benign premise and then help.
-    path = DATA.with_name("refusals_more.jsonl")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    rows = load_labelled(DATA.with_name("refusals_more.jsonl"))
     assert len(rows) >= 200
-    tp = fp = fn = 0
-    wrong: list[str] = []
-    for row in rows:
-        gold = row["label"] != "compliance"
-        found = detect_refusal(row["response"], row["query"]).is_refusal
-        tp += gold and found
-        fp += found and not gold
-        fn += gold and not found
-        if found and not gold:
-            wrong.append(row["note"])
-    assert tp / (tp + fp) >= 0.97, wrong
+    tp, fp, fn, wrong = score(rows)
+    false_alarms = [row["note"] for row in wrong if row["label"] == "compliance"]
+    assert tp / (tp + fp) >= 0.97, false_alarms
     assert tp / (tp + fn) >= 0.70
 
 

@@ -8,8 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import _errors, pricing
-from . import hooks as _hooks
+from . import _errors, hook_runner, pricing
 from .hook_process import enabled_by_env
 from .integrations.langchain import LangChainCallbacks
 from .integrations.llama_index import LlamaIndexCallbacks
@@ -138,9 +137,9 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
         if hook_process is None:
             hook_process = enabled_by_env()
         self.hook_process = hook_process
-        listener = (
-            _hooks.trace_listener(self.hooks, self.db_path, hook_process) if self.hooks else None
-        )
+        listener = None
+        if self.hooks:
+            listener = hook_runner.trace_listener(self.hooks, self.db_path, hook_process)
         writer_ = self._writer
 
         path = self.db_path
@@ -167,7 +166,7 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
             False when `timeout` passed first.
         """
         ok = self._writer.flush(timeout)
-        ok = _hooks.runner.flush(timeout) and ok
+        ok = hook_runner.runner.flush(timeout) and ok
         # Hooks may record spans of their own (a judge's calls): make those visible too.
         return self._writer.flush(timeout) and ok
 

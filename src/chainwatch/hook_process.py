@@ -3,20 +3,22 @@
 Quality analysis costs several hundred microseconds of pure Python per trace. On the hook
 thread that time is taken from the application whenever both want the interpreter lock; in
 a process of its own it runs on another core. The hook thread still decides what runs when:
-it sends the worker a batch of committed trace ids and waits (without the lock) for the
-answer, so hook order, `hook_runs` and `flush()` mean what they mean for in-thread hooks.
+it sends the worker batches of committed trace ids and reads the answers as they come (a
+flush waits for all of them; hooks that must run after portable ones wait for theirs), so
+hook order, `hook_runs` and `flush()` mean what they mean for in-thread hooks.
 
 Only hooks that say so (`portable = True`, and they must pickle) run here: the built-in
 quality and drift hooks. Any other hook (a user's callable, alerts with their notifiers)
-runs on the hook thread. When the worker cannot start or dies, the batch runs on the hook
-thread instead; nothing is lost.
+runs on the hook thread. When the worker cannot start or dies, the batches it owed run on
+the hook thread instead; nothing is lost.
 
 The protocol is pickled messages over the worker's stdin and stdout (the worker moves its
 stdout aside first, so a stray print cannot corrupt it):
 
 - parent: ``("hooks", key, hooks)`` once per hook group, ``("run", key, path, trace_ids)``
   per batch, ``("forget", key)`` when a group is evicted.
-- worker: ``("ok", results, states)`` per batch, or ``("error", description)``.
+- worker: ``("ready",)`` once imported, then ``("ok", results, states)`` per batch, or
+  ``("error", description)``.
 """
 
 from __future__ import annotations
@@ -111,7 +113,6 @@ class HookProcess:
         self._redo: list[Batch] = []
         self._lock = threading.Lock()
         self.failed = False  # once the worker failed, this process runs hooks in-thread
-        self.batches = 0
 
     @property
     def pid(self) -> int | None:
@@ -210,7 +211,6 @@ class HookProcess:
             for hook, state in zip(batch.hooks, states, strict=True):
                 for name, value in state.items():
                     setattr(hook, name, value)
-            self.batches += 1
             if one:
                 return
 

@@ -48,8 +48,7 @@ insert_spans = BulkInsert("INSERT OR REPLACE INTO spans", SPAN_FIELDS)
 insert_events = BulkInsert(
     "INSERT INTO span_events", ("span_id", "trace_id", "name", "time", "attributes")
 )
-SPAN_INSERT = insert_spans.one_row
-EVENT_INSERT = insert_events.one_row
+SPAN_INSERT = insert_spans.one_row  # one row: for executemany
 _PRICED_KINDS = frozenset({"llm", "embedding", "evaluator"})
 
 
