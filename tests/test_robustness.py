@@ -179,7 +179,7 @@ USAGE_FAULTS = [
     ("llm_result_usage",),
     ("llm_result_model",),
     ("llm_result_finish_reason",),
-    ("chunk_usage",),
+    ("from_usage_metadata",),
     ("requested_model",),
 ]
 

@@ -94,12 +94,6 @@ def add_usage(a: Usage | None, b: Usage | None) -> Usage | None:
     )
 
 
-def chunk_usage(chunk: Any) -> Usage | None:
-    """Usage carried by one streamed LangChain chunk, if any."""
-    message = getattr(chunk, "message", None)
-    return from_usage_metadata(getattr(message, "usage_metadata", None), "stream_chunk")
-
-
 def _generations(response: Any) -> list[Any]:
     out: list[Any] = []
     for group in getattr(response, "generations", None) or ():

@@ -260,8 +260,10 @@ class LangChainCallbacks:
                 now = self._rec.clock()
                 rec.ttft_ns = now - rec.start_ns
                 rec.add_event("first_token", now)
-            if chunk is not None:
-                stream_usage = _usage.chunk_usage(chunk)
+            # Most chunks carry no usage: test for it before building anything.
+            meta = getattr(getattr(chunk, "message", None), "usage_metadata", None)
+            if meta:
+                stream_usage = _usage.from_usage_metadata(meta, "stream_chunk")
                 if stream_usage is not None:
                     # The last usage chunk wins: providers that repeat running totals must
                     # not be summed.

@@ -151,9 +151,18 @@ class Writer:
                     # A whole tick without a span: the app is idle, so copy the WAL now.
                     unchecked = not self._checkpoint(conn)
                 quiet = not self._queue
-                while self._queue:
+                if self._queue:
                     self._drain_once(conn)
                     unchecked = True
+                # Keep draining only for a backlog, a flush or a stop. Spans that trickled in
+                # during that commit wait for the next tick: a transaction's cost is mostly
+                # per page it dirties, so 50 ms of spans in one commit cost far less per span
+                # than the same spans in the several small commits of chasing the queue.
+                while self._queue and (
+                    len(self._queue) >= _WAKE_AT or self._wake.is_set() or self._stopping
+                ):
+                    self._wake.clear()
+                    self._drain_once(conn)
                 if self._stopping and not self._queue:
                     return
         finally:
