@@ -281,3 +281,174 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return True
+
+
+# -- failures found in review: each of these once lost, duplicated or hung hook work ----------
+
+
+class StateHook(PidHook):
+    """Portable; names a `portable_state` attribute it never sets."""
+
+    portable_state = ("never_set",)
+
+
+def test_a_batch_whose_state_cannot_be_read_is_not_run_twice(
+    make_handler: Any, db_path: Path, fresh_process: None
+) -> None:
+    """The worker has committed the batch by then: the answer must still be "ok"."""
+    handler = make_handler(hooks=[StateHook("s")])
+    record(handler, 3)
+    assert handler.flush()
+    found = pids(db_path)
+    assert len(found) == 3 and len({r["trace_id"] for r in found}) == 3
+    assert {r["pid"] for r in found} == {runner.process.pid} and not runner.process.failed
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_a_dead_worker_with_portable_and_home_hooks_runs_each_hook_once(
+    make_handler: Any, db_path: Path, fresh_process: None
+) -> None:
+    """A batch the dead worker could not take runs here once, not here and in the redo list."""
+    handler = make_handler(hooks=[PidHook("a"), HomeHook("h")])
+    record(handler, 2)
+    assert handler.flush()
+    worker = runner.process.pid
+    assert worker is not None
+    os.kill(worker, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.01)  # dead before the next batch is sent: sending is what fails
+    record(handler, 3)
+    assert handler.flush()
+    found = pids(db_path)
+    runs = [(r["hook"], r["trace_id"]) for r in found]
+    assert len(runs) == 10 and len(set(runs)) == 10, "each hook once per trace"
+    hook_runs = rows(db_path, "SELECT hook, trace_id FROM hook_runs")
+    assert len(hook_runs) == 10
+    assert [r["pid"] for r in found if r["hook"] == "a"][:2] == [worker, worker]
+
+
+class BigStateHook(GateHook):
+    """Carries 30 KB back with every answer: a few answers fill the pipe to the app."""
+
+    portable_state = ("blob",)
+
+    def __init__(self, gate: Path) -> None:
+        super().__init__(gate)
+        self.blob = "x" * 30_000
+
+
+class FatHook:
+    """Portable and large (300 KB pickled), like a hook holding a lookup table."""
+
+    portable = True
+    name = "fat"
+
+    def __init__(self) -> None:
+        self.table = b"y" * 300_000
+
+    def __call__(self, trace: Trace, store: Store) -> None:
+        pass
+
+
+def test_full_pipes_both_ways_do_not_stop_the_hooks(tmp_path: Path, fresh_process: None) -> None:
+    """Answers waiting to be read while a large message is being sent: nothing may block."""
+    opened = tmp_path / "open"
+    opened.touch()
+    warm = ChainWatchHandler(tmp_path / "warm.db", hooks=[PidHook("w")])
+    gate = tmp_path / "gate"
+    slow = ChainWatchHandler(tmp_path / "slow.db", hooks=[BigStateHook(gate)])
+    fat = ChainWatchHandler(tmp_path / "fat.db", hooks=[FatHook()])
+    try:
+        record(warm, 1)
+        assert warm.flush()
+        for _ in range(6):  # six batches, each answered with 30 KB once the gate opens
+            record(slow, 1)
+            assert slow._writer.flush()
+            time.sleep(0.05)
+        record(fat, 1)
+        assert fat._writer.flush()
+        time.sleep(0.3)
+        gate.touch()
+        assert slow.flush(timeout=60) and fat.flush(timeout=60)
+        assert len(rows(tmp_path / "slow.db", "SELECT * FROM hook_runs")) == 6
+        assert len(rows(tmp_path / "fat.db", "SELECT * FROM hook_runs")) == 1
+    finally:
+        for handler in (warm, slow, fat):
+            handler.shutdown()
+
+
+def test_hooks_the_worker_cannot_import_run_here_and_the_worker_stays(
+    make_handler: Any,
+    db_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    fresh_process: None,
+) -> None:
+    """A hook class from a module the worker cannot import (not on its path at its start)."""
+    first = make_handler(hooks=[PidHook("before")])
+    record(first, 1)
+    assert first.flush()
+    worker = runner.process.pid
+    assert worker is not None
+    folder = tmp_path / "late_modules"
+    folder.mkdir()
+    (folder / "late_hooks.py").write_text(
+        "from test_hook_process import PidHook\n\nclass LateHook(PidHook):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(folder))
+    import late_hooks  # type: ignore[import-not-found]
+
+    late = make_handler(hooks=[late_hooks.LateHook("late")])
+    with caplog.at_level(logging.WARNING, logger="chainwatch"):
+        record(late, 2)
+        assert late.flush()
+    after = make_handler(hooks=[PidHook("after")])
+    record(after, 1)
+    assert after.flush()
+    where = {(r["hook"], r["pid"]) for r in pids(db_path)}
+    assert where == {("before", worker), ("late", os.getpid()), ("after", worker)}
+    assert not runner.process.failed and runner.process.pid == worker
+    assert any("do not unpickle" in r.getMessage() for r in caplog.records)
+
+
+def test_hook_classes_of_the_apps_main_module_stay_here() -> None:
+    """The worker's `__main__` is not the app's: such a class could not be found there."""
+    from chainwatch.hook_process import is_portable
+
+    class Mine(PidHook):
+        pass
+
+    assert is_portable(Mine("m"))
+    Mine.__module__ = "__main__"
+    assert not is_portable(Mine("m"))
+
+
+class StuckHook:
+    """Portable, and never returns: a network call without a timeout, say."""
+
+    portable = True
+    name = "stuck"
+
+    def __call__(self, trace: Trace, store: Store) -> None:
+        time.sleep(3600)
+
+
+def test_an_app_whose_hook_never_returns_still_exits(tmp_path: Path) -> None:
+    """At exit the hooks get a few seconds; a stuck worker is then killed, not waited for."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from langchain_core.language_models import FakeListChatModel
+        from chainwatch import ChainWatchHandler
+        from test_hook_process import StuckHook
+        handler = ChainWatchHandler(sys.argv[1], hooks=[StuckHook()])
+        FakeListChatModel(responses=["fine"]).invoke("q", config={"callbacks": [handler]})
+        handler._writer.flush()
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "stuck.db")], env=env,
+                          capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr

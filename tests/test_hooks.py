@@ -374,3 +374,50 @@ def test_analyze_a_missing_database(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         chainwatch.analyze(db=tmp_path / "nowhere.db")
     assert not (tmp_path / "nowhere.db").exists()
+
+
+def test_traces_committed_at_once_by_two_writers_wake_the_hook_thread(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writer threads (two database files) hand over traces at the same moment.
+
+    The second append lands between the first one's append and its check of the queue, the
+    interleaving that once left both believing someone else had woken the idle hook thread.
+    """
+    import collections
+    import time
+
+    from chainwatch import hook_runner
+
+    recorder = ChainWatchHandler(db_path, hooks=[])
+    chain(["one", "two"]).batch(["a", "b"], config={"callbacks": [recorder]})
+    assert recorder.flush()
+    first, second = trace_ids_in_order(db_path)
+    monkeypatch.setattr(hook_runner, "_IDLE_CHECK_S", 600.0)  # no timer to rescue a lost wake
+    runner = hook_runner.HookRunner()
+    ran: list[str] = []
+
+    def hook(trace: Trace, store: Store) -> None:
+        ran.append(trace.trace_id)
+
+    runner._ensure_thread()
+    time.sleep(0.1)  # the hook thread is idle, waiting to be woken
+
+    class Interleaved(collections.deque):  # type: ignore[type-arg]
+        armed = True
+
+        def append(self, item: Any) -> None:
+            super().append(item)
+            if Interleaved.armed:
+                Interleaved.armed = False
+                other = threading.Thread(target=runner.submit, args=([hook], second, db_path))
+                other.start()
+                other.join()
+
+    runner._queue = Interleaved()
+    runner.submit([hook], first, db_path)
+    deadline = time.monotonic() + 20
+    while len(ran) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(ran) == sorted([first, second])
+    recorder.shutdown()

@@ -634,6 +634,41 @@ def test_flush_makes_everything_visible(db_path: Path) -> None:
     handler.shutdown()
 
 
+def test_concurrent_flushes_each_return_without_waiting_for_a_tick(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flushes from many threads: each waits for its own spans, never for the writer's timer.
+
+    The timer is made far longer than the flushes may take, so a flush left waiting for the
+    next tick would time out.
+    """
+    from chainwatch.store import writer
+
+    handler = ChainWatchHandler(db_path, hooks=[])
+    rec = handler.recorder
+    rec.start("warm", None, "root", "chain", "manual")
+    rec.end("warm")
+    assert handler.flush()
+    monkeypatch.setattr(writer, "_IDLE_S", 120.0)
+    results: list[bool] = []
+
+    def work(i: int) -> None:
+        for n in range(5):
+            rec.start(f"s{i}.{n}", None, "root", "chain", "manual", {"i": i})
+            rec.end(f"s{i}.{n}")
+            results.append(handler._writer.flush(timeout=20))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True] * 40
+    assert count_spans(db_path) == 41
+    monkeypatch.undo()
+    handler.shutdown()
+
+
 def test_an_idle_writer_moves_the_wal_into_the_database(db_path: Path) -> None:
     # Checkpoints wait for 8,000 pages of WAL or for an idle moment: a few hundred spans are
     # far from the first, so the database file grows only when the writer goes idle.

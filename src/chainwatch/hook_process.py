@@ -17,8 +17,14 @@ stdout aside first, so a stray print cannot corrupt it):
 
 - parent: ``("hooks", key, hooks)`` once per hook group, ``("run", key, path, trace_ids)``
   per batch, ``("forget", key)`` when a group is evicted.
-- worker: ``("ready",)`` once imported, then ``("ok", results, states)`` per batch, or
-  ``("error", description)``.
+- worker: ``("ready",)`` once imported, then per batch ``("ok", results, states)``,
+  ``("error", description)`` (the batch runs on the hook thread instead) or
+  ``("refused", description)`` (its hooks do not unpickle there: they run on the hook thread
+  from then on).
+
+The worker reads its stdin on a thread of its own, so the parent's messages never wait for a
+batch to finish, and the parent reads answers whenever it waits for one: neither side can be
+left blocked writing to a full pipe while the other does the same.
 """
 
 from __future__ import annotations
@@ -66,8 +72,12 @@ class HookNotPortable(HookProcessError):
 
 
 def is_portable(hook: Any) -> bool:
-    """Whether `hook` may run in the worker process (it says so with ``portable = True``)."""
-    return getattr(hook, "portable", False) is True
+    """Whether `hook` may run in the worker process (it says so with ``portable = True``).
+
+    A class defined in the app's `__main__` cannot be found by name in the worker, whose
+    `__main__` is its own: such hooks stay on the hook thread.
+    """
+    return getattr(hook, "portable", False) is True and type(hook).__module__ != "__main__"
 
 
 def enabled_by_env() -> bool:
@@ -125,13 +135,16 @@ class HookProcess:
         """Batches sent to the worker and not answered yet."""
         return len(self._in_flight)
 
-    def send(self, hooks: Sequence[Any], path: Path, trace_ids: Sequence[str]) -> Batch:
+    def send(
+        self, hooks: Sequence[Any], path: Path, trace_ids: Sequence[str], *, redo: bool = True
+    ) -> Batch:
         """Hand the worker a batch without waiting for it.
 
         Raises:
             HookNotPortable: a hook does not pickle; the worker is fine, run them here.
-            HookProcessError: the worker failed; this batch and any unanswered before it
-                are in `take_redo()`.
+            HookProcessError: the worker failed; any unanswered batches before this one are
+                in `take_redo()`, and so is this one unless `redo` is False (the caller then
+                runs it itself).
         """
         key = tuple(map(id, hooks))
         batch = Batch(hooks, path, trace_ids)
@@ -144,7 +157,8 @@ class HookProcess:
             while len(self._in_flight) >= _IN_FLIGHT:
                 self._read(wait=True, one=True)
                 if self.failed:
-                    self._redo.append(batch)
+                    if redo:
+                        self._redo.append(batch)
                     raise HookProcessError("the hook process failed")
             try:
                 self._start()
@@ -157,7 +171,8 @@ class HookProcess:
             except HookNotPortable:
                 raise
             except (HookProcessError, OSError, pickle.PicklingError) as exc:
-                self._redo.append(batch)
+                if redo:
+                    self._redo.append(batch)
                 self._fail(exc)
                 raise HookProcessError(f"hook process failed: {exc!r}") from exc
             self._in_flight.append(batch)
@@ -177,7 +192,7 @@ class HookProcess:
             HookNotPortable: a hook does not pickle; the worker is fine, run them here.
             HookProcessError: the worker could not run the batch; run it here.
         """
-        batch = self.send(hooks, path, trace_ids)
+        batch = self.send(hooks, path, trace_ids, redo=False)
         self.collect(wait=True)
         if batch.results is None:
             with self._lock:
@@ -203,14 +218,21 @@ class HookProcess:
                 self._fail(exc)
                 return
             batch = self._in_flight.popleft()
-            if answer[0] != "ok":
-                self._in_flight.appendleft(batch)
-                self._fail(HookProcessError(f"the batch failed there: {answer[1]}"))
-                return
-            _, batch.results, states = answer
-            for hook, state in zip(batch.hooks, states, strict=True):
-                for name, value in state.items():
-                    setattr(hook, name, value)
+            if answer[0] == "refused":
+                key = tuple(map(id, batch.hooks))
+                self._groups.pop(key, None)
+                self._refuse(key, tuple(batch.hooks), f"they do not unpickle there: {answer[1]}")
+                self._redo.append(batch)
+            elif answer[0] != "ok":
+                # The worker is fine; this batch (nothing of it committed) runs here.
+                logger.warning("chainwatch runs a batch of hooks on the hook thread: it "
+                               "failed in the hook process (%s)", answer[1])
+                self._redo.append(batch)
+            else:
+                _, batch.results, states = answer
+                for hook, state in zip(batch.hooks, states, strict=True):
+                    for name, value in state.items():
+                        setattr(hook, name, value)
             if one:
                 return
 
@@ -228,13 +250,7 @@ class HookProcess:
         try:
             blob = pickle.dumps(hooks)
         except Exception as exc:
-            # Remembered with the hooks themselves, so that their ids stay theirs.
-            while len(self._refused) >= _GROUPS:
-                del self._refused[next(iter(self._refused))]
-            self._refused[key] = hooks
-            names = [getattr(h, "name", None) or type(h).__name__ for h in hooks]
-            logger.warning("chainwatch runs hooks %s on the hook thread: they do not pickle "
-                           "(%r)", names, exc)
+            self._refuse(key, hooks, f"they do not pickle: {exc!r}")
             raise HookNotPortable(repr(exc)) from exc
         while len(self._groups) >= _GROUPS:
             old = next(iter(self._groups))
@@ -242,6 +258,14 @@ class HookProcess:
             self._outbox.send(("forget", old))
         self._outbox.send(("hooks", key, blob))
         self._groups[key] = hooks
+
+    def _refuse(self, key: tuple[int, ...], hooks: tuple[Any, ...], why: str) -> None:
+        # Remembered with the hooks themselves, so that their ids stay theirs.
+        while len(self._refused) >= _GROUPS:
+            del self._refused[next(iter(self._refused))]
+        self._refused[key] = hooks
+        names = [getattr(h, "name", None) or type(h).__name__ for h in hooks]
+        logger.warning("chainwatch runs hooks %s on the hook thread (%s)", names, why)
 
     def _start(self) -> None:
         if self._proc is not None:
@@ -302,8 +326,21 @@ class HookProcess:
             proc.wait()
 
     def close(self, wait_s: float = 1.0) -> None:
-        """Stop the worker, after the answers it still owes (up to `wait_s`). Idempotent."""
-        with self._lock:
+        """Stop the worker, after the answers it still owes (up to `wait_s`). Idempotent.
+
+        Batches still unanswered go to `take_redo()`. Never blocks much longer than `wait_s`:
+        when the hook thread is stuck waiting on the worker (a hook that never returns), the
+        worker is killed, which ends that wait.
+        """
+        if not self._lock.acquire(timeout=wait_s):
+            proc = self._proc
+            if proc is not None:
+                try:
+                    proc.kill()
+                except OSError:
+                    pass
+            return
+        try:
             deadline = time.monotonic() + wait_s
             while self._in_flight and self._inbox is not None:
                 try:
@@ -313,6 +350,10 @@ class HookProcess:
                     break
                 self._read(wait=True, one=True)
             self._stop(wait_s)
+            self._redo.extend(self._in_flight)
+            self._in_flight.clear()
+        finally:
+            self._lock.release()
 
     def forget_after_fork(self) -> None:
         """In a forked child: drop the parent's worker without touching it."""
@@ -332,37 +373,77 @@ class HookProcess:
 
 def serve(inbox: Connection, outbox: Connection) -> None:
     """The worker's loop: run batches until the parent closes the pipe."""
+    import queue
+
     from . import hooks as hooks_module
 
-    groups: dict[tuple[int, ...], tuple[Any, ...]] = {}
+    messages: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def read() -> None:
+        # Always reading: a parent sending while this loop runs a batch never finds the pipe
+        # full, so it is always free to read the answers this loop writes.
+        while True:
+            try:
+                messages.put(inbox.recv())
+            except Exception:
+                messages.put(None)
+                return
+
+    threading.Thread(target=read, name="chainwatch-hook-inbox", daemon=True).start()
+    groups: dict[tuple[int, ...], Any] = {}
     stores: dict[str, hooks_module.Store] = {}
     outbox.send(("ready",))
-    while True:
-        try:
-            message = inbox.recv()
-        except (EOFError, OSError):
-            break
+    while (message := messages.get()) is not None:
         kind = message[0]
         if kind == "hooks":
-            groups[message[1]] = pickle.loads(message[2])
+            try:
+                groups[message[1]] = pickle.loads(message[2])
+            except Exception as exc:  # a class this process cannot import, say
+                groups[message[1]] = _Refused(repr(exc))
         elif kind == "forget":
             groups.pop(message[1], None)
         elif kind == "run":
             _, key, path, trace_ids = message
+            group = groups.get(key)
+            if group is None or isinstance(group, _Refused):
+                outbox.send(("refused", getattr(group, "why", "unknown hook group")))
+                continue
             try:
                 store = stores.get(path)
                 if store is None:
                     while len(stores) >= 4:
                         stores.pop(next(iter(stores))).close()
                     store = stores[path] = hooks_module.Store(Path(path))
-                group = groups[key]
                 results = hooks_module.run_batch(group, trace_ids, store)
-                states = [
-                    {name: getattr(h, name) for name in getattr(h, "portable_state", ())}
-                    for h in group
-                ]
-                outbox.send(("ok", results, states))
             except Exception as exc:
                 outbox.send(("error", repr(exc)))
+                continue
+            # The batch is committed: from here on the answer is "ok" whatever happens, or
+            # the parent would run the batch again.
+            states = [_state(h) for h in group]
+            try:
+                outbox.send(("ok", results, states))
+            except OSError:
+                raise
+            except Exception:  # a state that does not pickle: the results still count
+                outbox.send(("ok", results, [{} for _ in group]))
     for store in stores.values():
         store.close()
+
+
+class _Refused:
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+def _state(hook: Any) -> dict[str, Any]:
+    """What a hook wants carried back to the app's copy of it (its `portable_state`)."""
+    state = {}
+    for name in getattr(hook, "portable_state", ()):
+        try:
+            state[name] = getattr(hook, name)
+        except AttributeError:
+            pass
+    return state

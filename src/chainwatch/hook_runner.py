@@ -24,6 +24,7 @@ from .store import writer as writer_module
 _IDLE_S = 0.05
 _PROCESS_IDLE_S = 0.01
 _OPEN_STORES = 4
+_IDLE_CHECK_S = 1.0
 
 
 class _Job:
@@ -67,15 +68,18 @@ class HookRunner:
 
         With `process`, portable hooks run in the hook process (see `hook_process`).
         """
-        if len(self._queue) >= self.max_pending:
+        queue = self._queue
+        if len(queue) >= self.max_pending:
             self.dropped += 1
             return
-        self._queue.append(_Job(hooks, trace_id, path, process))
-        self._ensure_thread()
         # Traces are taken in batches: each batch costs a read and a commit whatever its size.
         # The first trace wakes an idle thread, which then gives the batch _IDLE_S to fill; a
-        # full batch (or a flush) cuts that short.
-        if (len(self._queue) == 1 or len(self._queue) >= BATCH) and not self._wake.is_set():
+        # full batch (or a flush) cuts that short. "First" is judged before appending: two
+        # writer threads (two files) appending at once could each see a queue of two.
+        first = not queue
+        queue.append(_Job(hooks, trace_id, path, process))
+        self._ensure_thread()
+        if (first or len(queue) >= BATCH) and not self._wake.is_set():
             self._wake.set()
 
     def flush(self, timeout: float | None = 60.0) -> bool:
@@ -125,8 +129,12 @@ class HookRunner:
     def _run(self) -> None:
         while True:
             if not self._queue:
-                self._wake.wait()  # idle: nothing to do until a trace or a flush arrives
+                # Idle until a trace or a flush arrives; the timeout only guards against a
+                # wake-up that never comes.
+                self._wake.wait(_IDLE_CHECK_S)
                 self._wake.clear()
+                if not self._queue:
+                    continue
             if len(self._queue) < BATCH and not self._flush_requested.is_set():
                 self._wake.wait(self._window())
                 self._wake.clear()
@@ -176,10 +184,13 @@ class HookRunner:
         """Read the hook process's answers; run here what it failed to."""
         try:
             self.process.collect(wait)
-            for batch in self.process.take_redo():
-                run_batch(batch.hooks, batch.trace_ids, self._store(batch.path))
         except Exception as exc:
             self._internal(exc)
+        for batch in self.process.take_redo():
+            try:
+                run_batch(batch.hooks, batch.trace_ids, self._store(batch.path))
+            except Exception as exc:  # one batch's failure does not cost the others theirs
+                self._internal(exc)
 
     @staticmethod
     def _internal(exc: BaseException) -> None:

@@ -64,6 +64,7 @@ class Writer:
     def _start_fresh(self) -> None:
         self._queue: collections.deque[Any] = collections.deque()
         self._wake = threading.Event()
+        self._flushes = 0  # flush tokens queued and not yet reached (see `_run`)
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
@@ -94,7 +95,9 @@ class Writer:
         if self._thread is None and not self._queue:
             return True
         token = _Token()
-        self._queue.append(token)
+        with self._lock:
+            self._flushes += 1
+            self._queue.append(token)
         self._ensure_thread()
         self._wake.set()
         return token.done.wait(timeout)
@@ -154,14 +157,13 @@ class Writer:
                 if self._queue:
                     self._drain_once(conn)
                     unchecked = True
-                # Keep draining only for a backlog, a flush or a stop. Spans that trickled in
-                # during that commit wait for the next tick: a transaction's cost is mostly
-                # per page it dirties, so 50 ms of spans in one commit cost far less per span
-                # than the same spans in the several small commits of chasing the queue.
+                # Keep draining only for a backlog, a waiting flush or a stop. Spans that
+                # trickled in during that commit wait for the next tick: a transaction's cost
+                # is mostly per page it dirties, so 50 ms of spans in one commit cost far less
+                # per span than the same spans in the several small commits of chasing them.
                 while self._queue and (
-                    len(self._queue) >= _WAKE_AT or self._wake.is_set() or self._stopping
+                    len(self._queue) >= _WAKE_AT or self._flushes or self._stopping
                 ):
-                    self._wake.clear()
                     self._drain_once(conn)
                 if self._stopping and not self._queue:
                     return
@@ -208,6 +210,8 @@ class Writer:
             except Exception as exc:
                 self._internal("writer.listener", exc)
         for token in tokens:
+            with self._lock:
+                self._flushes -= 1
             token.done.set()
 
     def _commit(
