@@ -312,6 +312,33 @@ def test_unknown_model_has_tokens_but_no_cost(
     assert "my-private-llm" in span["cost_note"]
 
 
+def test_more_cached_tokens_than_prompt_tokens_still_records_the_call(
+    handler: ChainWatchHandler, db_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """genai-prices refuses such counts; the span (and its tokens) must still be written."""
+    fake_openai.queue(
+        Reply(content="cached", prompt_tokens=100, completion_tokens=10, cached_tokens=800)
+    )
+    chat_model(fake_openai).invoke("hi", config={"callbacks": [handler]})
+    span = only_span(handler, db_path, status="ok")
+    assert (span["prompt_tokens"], span["cached_tokens"]) == (100, 800)
+    # priced as if the whole prompt came from the cache
+    whole_prompt_cached = {"prompt_tokens": 100, "completion_tokens": 10,
+                           "prompt_tokens_details": {"cached_tokens": 100}}
+    assert span["cost_usd"] == pytest.approx(expected_cost(whole_prompt_cached, MODEL))
+
+
+def test_a_self_hosted_model_is_not_priced_as_a_hosted_one() -> None:
+    from chainwatch.pricing import cost_of
+    from chainwatch.spans import Usage
+
+    usage = Usage(prompt_tokens=1000, completion_tokens=500)
+    hosted, _ = cost_of(usage, "deepseek-r1", None)
+    assert hosted is not None and hosted > 0, "genai-prices knows the name from a hosted API"
+    cost, note = cost_of(usage, "deepseek-r1", "ollama")
+    assert cost is None and note is not None and "self-hosted" in note
+
+
 def test_user_price_for_a_private_model(db_path: Path, fake_openai: FakeOpenAI) -> None:
     handler = ChainWatchHandler(
         db_path, prices={"my-private-llm": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}

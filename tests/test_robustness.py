@@ -373,6 +373,22 @@ def test_nan_and_infinity_are_stored_as_valid_json(
     assert set(_strict_json(event["attributes"])) == {"value", "limit"}
 
 
+def test_an_integer_too_long_for_text_keeps_the_span(
+    handler: ChainWatchHandler, db_path: Path
+) -> None:
+    """Python will not turn a 5,000-digit integer into text; the span is kept with a note."""
+    huge = 10**5000
+    result = RunnableLambda(lambda n: {"factorial": huge, "n": n}, name="big").invoke(
+        7, config={"callbacks": [handler]}
+    )
+    assert result["factorial"] is huge
+    assert handler.flush()
+    [span] = read_spans(db_path)
+    outputs = _strict_json(span["outputs"])
+    assert outputs["n"] == 7
+    assert outputs["factorial"] == f"<int of {huge.bit_length():,} bits>"
+
+
 def _assert_valid_utf8(path: Path) -> list[dict[str, Any]]:
     """Every stored text decodes as strict UTF-8 (sqlite3 raises on invalid bytes)."""
     conn = sqlite3.connect(path)

@@ -52,6 +52,15 @@ def _safe_repr(obj: Any, limit: int) -> str:
     return truncate_text(repair_text(text), limit)
 
 
+# Integers past ~4,300 digits do not convert to text at all (Python's limit), and long
+# before that they stop being useful: kept as a note of their size.
+_BIG_INT = 10**300
+
+
+def _big_int(value: int) -> str:
+    return f"<int of {value.bit_length():,} bits>"
+
+
 class _Converter:
     __slots__ = ("cut", "limit", "seen")
 
@@ -79,7 +88,7 @@ class _Converter:
         if kind is str:
             return self.text(obj)
         if kind is int:
-            return obj
+            return obj if -_BIG_INT < obj < _BIG_INT else _big_int(obj)
         if kind is float:
             return obj if math.isfinite(obj) else str(obj)
         if depth > _MAX_DEPTH:
@@ -103,7 +112,8 @@ class _Converter:
         if isinstance(obj, bool):
             return bool(obj)
         if isinstance(obj, int):
-            return int(obj)
+            value = int(obj)
+            return value if -_BIG_INT < value < _BIG_INT else _big_int(value)
         if isinstance(obj, float):
             value = float(obj)
             return value if math.isfinite(value) else str(value)

@@ -51,14 +51,20 @@ def _genai_price(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            result = calc_price(usage, model, provider_id=provider)
-        except LookupError:
-            if provider is None:
-                return None, f"unknown model: {model}"
             try:
-                result = calc_price(usage, model)
+                result = calc_price(usage, model, provider_id=provider)
             except LookupError:
-                return None, f"unknown model: {model} (provider {provider})"
+                if provider is None:
+                    return None, f"unknown model: {model}"
+                if provider in _SELF_HOSTED:
+                    # Not the same-named model's price at a hosted provider: no price at all.
+                    return None, f"self-hosted model: {model} (provider {provider})"
+                try:
+                    result = calc_price(usage, model)
+                except LookupError:
+                    return None, f"unknown model: {model} (provider {provider})"
+        except Exception as exc:  # genai-prices refusing the counts, say: no cost, not no span
+            return None, f"price lookup failed: {type(exc).__name__}: {exc}"[:300]
     return float(result.total_price), None
 
 
@@ -86,7 +92,8 @@ def cost_of(
         return None, "no model name"
     prompt = usage.prompt_tokens
     completion = usage.completion_tokens
-    cached = usage.cached_tokens or 0
+    # Cached tokens are part of the prompt; a provider reporting more is priced at the prompt.
+    cached = min(usage.cached_tokens or 0, prompt)
     if overrides:
         price = overrides.get(model)
         if price is not None:
@@ -103,6 +110,13 @@ def cost_of(
             return cost, None
     return _genai_price(model, _PROVIDERS.get(provider or "", provider), prompt, completion, cached)
 
+
+# Providers whose models run on the user's own hardware: a model name they share with a
+# hosted API (deepseek-r1, llama3) says nothing about what a call cost.
+_SELF_HOSTED = frozenset(
+    {"ollama", "vllm", "llamacpp", "llama_cpp", "lmstudio", "localai", "gpt4all", "xinference",
+     "mlx", "textgen"}
+)
 
 # LangChain's ls_provider names that differ from genai-prices provider ids.
 _PROVIDERS = {

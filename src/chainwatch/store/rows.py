@@ -103,13 +103,21 @@ def _payload(obj: Any, limit: int, seen: dict[int, tuple[Any, str | None]] | Non
     if obj is None:
         return None
     if seen is None or type(obj) is str:
-        return to_json(obj, limit)
+        return _to_json(obj, limit)
     hit = seen.get(id(obj))
     if hit is not None and hit[0] is obj:
         return hit[1]
-    text = to_json(obj, limit)
+    text = _to_json(obj, limit)
     seen[id(obj)] = (obj, text)  # holding obj keeps its id from being reused in the batch
     return text
+
+
+def _to_json(obj: Any, limit: int) -> str | None:
+    """`to_json`, and when even that fails, a marker: one bad value costs itself, not the row."""
+    try:
+        return to_json(obj, limit)
+    except Exception as exc:
+        return json.dumps(f"<unserialisable {type(obj).__name__}: {type(exc).__name__}>")
 
 
 def span_row(
@@ -131,7 +139,11 @@ def span_row(
             total = prompt + completion
     cost = cost_note = None
     if rec.kind in _PRICED_KINDS and rec.counts_usage:
-        cost, cost_note = pricing.cost_of(usage, rec.model, rec.provider, settings.prices)
+        try:
+            cost, cost_note = pricing.cost_of(usage, rec.model, rec.provider, settings.prices)
+        except Exception as exc:  # a price that cannot be computed costs the cost, not the span
+            cost, cost_note = None, f"price lookup failed: {type(exc).__name__}"
+
         if cost is None and rec.status != "ok" and usage is None:
             cost_note = "call failed before reporting usage"
     end_ns = rec.end_ns if rec.end_ns is not None else rec.start_ns
