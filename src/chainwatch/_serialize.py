@@ -112,8 +112,8 @@ class _Converter:
         if isinstance(obj, bool):
             return bool(obj)
         if isinstance(obj, int):
-            value = int(obj)
-            return value if -_BIG_INT < value < _BIG_INT else _big_int(value)
+            number = int(obj)
+            return number if -_BIG_INT < number < _BIG_INT else _big_int(number)
         if isinstance(obj, float):
             value = float(obj)
             return value if math.isfinite(value) else str(value)
