@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,10 @@ import openai
 import pytest
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
-from langchain_core.language_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.language_models import BaseChatModel, GenericFakeChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI, OpenAI
 
@@ -482,3 +485,92 @@ def test_legacy_completions_model(
     assert json.loads(span["inputs"]) == "Say something"
     assert json.loads(span["outputs"]) == "legacy answer here"
     assert span["cost_usd"] == pytest.approx(expected_cost(sent["usage"], model_name), rel=1e-9)
+
+
+# -- usage the way other providers' clients report it -----------------------------------------
+
+
+class TwoChoiceModel(BaseChatModel):
+    """Answers with two choices, each message carrying the request's usage (as ChatOpenAI
+    does with ``n=2``)."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "two-choice"
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None,
+                  **kwargs: Any) -> ChatResult:
+        usage = {"input_tokens": 100, "output_tokens": 40, "total_tokens": 140}
+        return ChatResult(generations=[
+            ChatGeneration(message=AIMessage(content=text, usage_metadata=usage))
+            for text in ("first", "second")
+        ])
+
+
+class SplitUsageModel(BaseChatModel):
+    """Streams the way Anthropic's client does: input tokens on the first chunk, output tokens
+    on the last; LangChain adds chunk usage up when it merges the chunks."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "split-usage"
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None,
+                  **kwargs: Any) -> ChatResult:
+        raise NotImplementedError
+
+    def _stream(self, messages: Any, stop: Any = None, run_manager: Any = None,
+                **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        parts = [
+            ("", {"input_tokens": 1000, "output_tokens": 1, "total_tokens": 1001}),
+            ("Hello", None),
+            (" there", None),
+            ("", {"input_tokens": 0, "output_tokens": 50, "total_tokens": 50}),
+        ]
+        for text, usage in parts:
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=text, usage_metadata=usage))
+            if run_manager is not None:
+                run_manager.on_llm_new_token(text, chunk=chunk)
+            yield chunk
+
+
+def test_two_choices_of_one_request_count_its_usage_once(
+    handler: ChainWatchHandler, db_path: Path
+) -> None:
+    TwoChoiceModel().invoke("hi", config={"callbacks": [handler]})
+    span = only_span(handler, db_path, name="TwoChoiceModel", status="ok")
+    assert (span["prompt_tokens"], span["completion_tokens"], span["total_tokens"]) == (
+        100, 40, 140
+    )
+
+
+def test_usage_split_over_stream_chunks_is_what_langchain_adds_up(
+    handler: ChainWatchHandler, db_path: Path
+) -> None:
+    chunks = list(SplitUsageModel().stream("hi", config={"callbacks": [handler]}))
+    merged = chunks[0]
+    for chunk in chunks[1:]:
+        merged = merged + chunk
+    assert merged.usage_metadata is not None
+    expected = merged.usage_metadata
+    span = only_span(handler, db_path, name="SplitUsageModel", status="ok")
+    assert (span["prompt_tokens"], span["completion_tokens"], span["total_tokens"]) == (
+        expected["input_tokens"], expected["output_tokens"], expected["total_tokens"]
+    ) == (1000, 51, 1051)
+
+
+def test_a_streamed_chain_records_its_real_input(
+    handler: ChainWatchHandler, db_path: Path
+) -> None:
+    """A streamed run starts as ``{"input": ""}``; LangChain gives the real input at its end."""
+    chain = RunnableLambda(lambda d: d["q"].upper(), name="upper") | RunnableLambda(
+        lambda s: s + "!", name="shout"
+    )
+    assert "".join(chain.stream({"q": "hello"}, config={"callbacks": [handler]})) == "HELLO!"
+    assert handler.flush()
+    spans = read_spans(db_path)
+    root = pop_span(spans, "RunnableSequence", parent_id=None)
+    assert json.loads(root["inputs"]) == {"q": "hello"}
+    assert json.loads(pop_span(spans, "upper")["inputs"]) == {"q": "hello"}
+    assert json.loads(pop_span(spans, "shout")["inputs"]) == "HELLO"
+    assert spans == []

@@ -74,26 +74,6 @@ def from_provider_usage(raw: Any, source: str = "provider") -> Usage | None:
     )
 
 
-def add_usage(a: Usage | None, b: Usage | None) -> Usage | None:
-    """Sum of two separate calls' usage (not of stream chunks); unknown stays unknown."""
-    if a is None:
-        return b
-    if b is None:
-        return a
-
-    def plus(x: int | None, y: int | None) -> int | None:
-        return None if x is None or y is None else x + y
-
-    return Usage(
-        plus(a.prompt_tokens, b.prompt_tokens),
-        plus(a.completion_tokens, b.completion_tokens),
-        plus(a.total_tokens, b.total_tokens),
-        plus(a.cached_tokens, b.cached_tokens),
-        plus(a.reasoning_tokens, b.reasoning_tokens),
-        a.source,
-    )
-
-
 def _generations(response: Any) -> list[Any]:
     out: list[Any] = []
     for group in getattr(response, "generations", None) or ():
@@ -102,16 +82,16 @@ def _generations(response: Any) -> list[Any]:
 
 
 def llm_result_usage(response: Any) -> Usage | None:
-    """Usage of a LangChain `LLMResult`: per-message usage_metadata, else llm_output."""
-    total: Usage | None = None
-    found = False
+    """Usage of a LangChain `LLMResult`: its first message's usage_metadata, else llm_output.
+
+    One run is one request: with ``n > 1`` choices, providers' clients copy the request's
+    usage onto every choice's message, so the first one is the run's (as LangChain's own
+    `UsageMetadataCallbackHandler` reads it), not their sum.
+    """
     for gen in _generations(response):
         usage = from_usage_metadata(getattr(getattr(gen, "message", None), "usage_metadata", None))
         if usage is not None:
-            total = add_usage(total, usage) if found else usage
-            found = True
-    if found:
-        return total
+            return usage
     llm_output = getattr(response, "llm_output", None) or {}
     raw = llm_output.get("token_usage") or llm_output.get("usage")
     return from_provider_usage(raw, "llm_output")

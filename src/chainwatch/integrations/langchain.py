@@ -116,6 +116,12 @@ class LangChainCallbacks:
             session_id=session_id,
         )
 
+    def _lc_late_inputs(self, run_id: UUID, inputs: Any) -> None:
+        """A streamed run starts with ``{"input": ""}`` and is told its real input at its end."""
+        rec = self._rec.get(str(run_id))
+        if rec is not None:
+            rec.inputs = inputs
+
     def _lc_retry(self, parent_id: str, tag: str) -> None:
         """`Runnable.with_retry` tags attempts 2, 3, ...: a `retry` event on the retrying run."""
         parent = self._rec.get(parent_id)
@@ -164,6 +170,8 @@ class LangChainCallbacks:
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         """A chain run finished."""
         try:
+            if kwargs.get("inputs") is not None:
+                self._lc_late_inputs(run_id, kwargs["inputs"])
             self._rec.end(str(run_id), outputs)
         except Exception as exc:
             internal_error("langchain.on_chain_end", exc)
@@ -171,6 +179,8 @@ class LangChainCallbacks:
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         """A chain run raised (or was interrupted, for LangGraph control flow)."""
         try:
+            if kwargs.get("inputs") is not None:
+                self._lc_late_inputs(run_id, kwargs["inputs"])
             self._lc_error(error, run_id)
         except Exception as exc:
             internal_error("langchain.on_chain_error", exc)
@@ -278,8 +288,12 @@ class LangChainCallbacks:
             rec = self._rec.get(str(run_id))
             if rec is None:
                 return
+            # A streamed call's message is LangChain's merge of its chunks, whose usage is
+            # additive by LangChain's contract (a start chunk with the input tokens and a
+            # last one with the output tokens, say); the last chunk that carried usage is the
+            # fallback for a result without it.
             stream_usage = rec.extra.get("stream_usage") if rec.extra else None
-            rec.usage = stream_usage or _usage.llm_result_usage(response)
+            rec.usage = _usage.llm_result_usage(response) or stream_usage
             if rec.usage is None:
                 rec.usage_note = "provider returned no token usage"
             rec.model = _usage.llm_result_model(response) or rec.model
