@@ -23,6 +23,8 @@ from langchain_core.callbacks import (
     dispatch_custom_event,
 )
 from langchain_core.documents import Document
+from langchain_core.language_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.retrievers import BaseRetriever
@@ -452,6 +454,74 @@ def test_stream_and_astream_of_a_chain(
     second = [t for t in traces.values() if "four" in str([s["outputs"] for s in t])]
     assert len(second) == 1
     _assert_streamed_chain(second[0], "four five six")
+
+
+def test_a_stream_the_caller_stops_reading_is_not_an_error(db_path: Path) -> None:
+    """`break` out of `chain.stream()`: LangChain ends the root first, then the runs inside it.
+
+    Those late ends are the real ones (ok, with the model's output); the trace is complete,
+    and its hooks run, only after them.
+    """
+    seen: list[list[tuple[str, str]]] = []
+
+    def hook(trace: Any, store: Any) -> None:
+        seen.append(sorted((s.name, s.status) for s in trace.spans))
+
+    handler = ChainWatchHandler(db_path, hooks=[hook])
+    chain = (
+        ChatPromptTemplate.from_messages([("human", "{q}")])
+        | GenericFakeChatModel(messages=iter([AIMessage(content="one two three four")]))
+        | StrOutputParser()
+    )
+    for piece in chain.stream({"q": "count"}, config={"callbacks": [handler]}):
+        assert piece == "one"
+        break
+    spans = spans_of(handler, db_path)
+    assert {s["name"]: s["status"] for s in spans} == {
+        "RunnableSequence": "ok",
+        "ChatPromptTemplate": "ok",
+        "GenericFakeChatModel": "ok",
+        "StrOutputParser": "ok",
+    }
+    model = pop_span(spans, "GenericFakeChatModel", kind="llm")
+    assert json.loads(model["outputs"])["content"].startswith("one")
+    assert seen == [sorted((s["name"], "ok") for s in [*spans, model])]
+    assert handler.stats["open_spans"] == 0
+    handler.shutdown()
+
+
+def test_a_branch_still_running_after_its_root_failed_stays_in_the_trace(
+    handler: ChainWatchHandler, db_path: Path
+) -> None:
+    """An async parallel branch fails fast; the other branch ends after the root (cancelled)."""
+    started = asyncio.Event()
+
+    async def fail(x: str) -> str:
+        await started.wait()
+        raise ValueError("fast failure")
+
+    async def slow(x: str) -> str:
+        started.set()
+        await asyncio.sleep(0.2)
+        return x
+
+    parallel = RunnableParallel(bad=RunnableLambda(fail), good=RunnableLambda(slow))
+
+    async def run() -> None:
+        with pytest.raises(ValueError, match="fast failure"):
+            await parallel.ainvoke("x", config={"callbacks": [handler]})
+
+    asyncio.run(run())
+    spans = spans_of(handler, db_path)
+    assert len({s["trace_id"] for s in spans}) == 1
+    assert [s["name"] for s in spans if s["parent_id"] is None] == ["RunnableParallel<bad,good>"]
+    root = pop_span(spans, "RunnableParallel<bad,good>", status="error")
+    assert pop_span(spans, "fail", parent_id=root["span_id"], status="error")["error"] == (
+        "ValueError: fast failure"
+    )
+    slow_span = pop_span(spans, "slow", parent_id=root["span_id"])
+    assert "did not end" not in (slow_span["error"] or "")
+    assert spans == []
 
 
 def test_threads_sharing_one_handler(handler: ChainWatchHandler, db_path: Path) -> None:

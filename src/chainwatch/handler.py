@@ -165,6 +165,10 @@ class ChainWatchHandler(LangChainCallbacks, LlamaIndexCallbacks):
         Returns:
             False when `timeout` passed first.
         """
+        try:
+            self._rec.close_dangling()
+        except Exception as exc:
+            _errors.internal_error("handler.flush", exc)
         ok = self._writer.flush(timeout)
         ok = hook_runner.runner.flush(timeout) and ok
         # Hooks may record spans of their own (a judge's calls): make those visible too.

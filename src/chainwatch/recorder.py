@@ -16,13 +16,19 @@ from .store.rows import RowSettings
 
 _SWEEP_EVERY = 4_096
 _LLM = SpanKind.LLM.value
+# How long a trace whose root has ended waits for runs still open in it before they are
+# closed as never ended (a sweep or a flush checks).
+_DANGLING_S = 30.0
+_DANGLING_ERROR = "chainwatch: span did not end within 30 s of its trace's root"
 
 
 class _Trace:
-    __slots__ = ("span_ids",)
+    __slots__ = ("open", "root_end_ns", "span_ids")
 
     def __init__(self) -> None:
         self.span_ids: list[str] = []
+        self.open = 0  # spans started and not yet ended
+        self.root_end_ns: int | None = None  # set when the root ended before its last span
 
 
 class Recorder:
@@ -54,6 +60,7 @@ class Recorder:
         self._open: dict[str, SpanRecord] = {}
         self._traces: dict[str, _Trace] = {}
         self._trace_of: dict[str, str] = {}
+        self._dangling: dict[str, _Trace] = {}  # traces whose root ended with spans still open
         self._starts = 0
         self.spans_started = 0
         self.spans_finished = 0
@@ -106,6 +113,7 @@ class Recorder:
         self._open[span_id] = rec
         self._trace_of[span_id] = trace_id
         trace.span_ids.append(span_id)
+        trace.open += 1
         self.spans_started += 1
         self._starts += 1
         if self._starts >= _SWEEP_EVERY:
@@ -160,22 +168,55 @@ class Recorder:
         self.spans_finished += 1
         if not self._put(rec, self.settings):
             self.spans_dropped += 1
+        trace = self._traces.get(rec.trace_id)
+        if trace is None:
+            if rec.span_id == rec.trace_id:
+                self._trace_done(rec.trace_id)
+            return
+        trace.open -= 1
         if rec.span_id == rec.trace_id:
-            trace = self._traces.pop(rec.span_id, None)
-            if trace is not None:
-                trace_of = self._trace_of
-                for sid in trace.span_ids:
-                    trace_of.pop(sid, None)
-                    # children still open when their root ends are closed with it
-                    orphan = self._open.pop(sid, None)
-                    if orphan is not None:
-                        orphan.end_ns = rec.end_ns
-                        orphan.status = Status.ERROR.value
-                        orphan.error = "chainwatch: span did not end before its trace's root"
-                        self.spans_finished += 1
-                        if not self._put(orphan, self.settings):
-                            self.spans_dropped += 1
-            self._trace_done(rec.trace_id)
+            if trace.open > 0:
+                # LangChain ends some runs after their root: a stream the caller stopped
+                # reading closes the root first, then the model and parser inside it. The
+                # trace is complete (and its hooks run) once they have ended too.
+                trace.root_end_ns = rec.end_ns
+                self._dangling[rec.trace_id] = trace
+                return
+            self._complete(rec.trace_id, trace, rec.end_ns)
+        elif trace.root_end_ns is not None and trace.open <= 0:
+            self._complete(rec.trace_id, trace, trace.root_end_ns)
+
+    def _complete(self, trace_id: str, trace: _Trace, end_ns: int | None) -> None:
+        """Forget a finished trace and report it; spans still open in it end as errors."""
+        self._traces.pop(trace_id, None)
+        self._dangling.pop(trace_id, None)
+        trace_of = self._trace_of
+        for sid in trace.span_ids:
+            trace_of.pop(sid, None)
+            orphan = self._open.pop(sid, None)
+            if orphan is not None:
+                orphan.end_ns = max(end_ns or orphan.start_ns, orphan.start_ns)
+                orphan.status = Status.ERROR.value
+                orphan.error = _DANGLING_ERROR
+                self.spans_finished += 1
+                if not self._put(orphan, self.settings):
+                    self.spans_dropped += 1
+        self._trace_done(trace_id)
+
+    def close_dangling(self, now_ns: int | None = None, wait_s: float = _DANGLING_S) -> int:
+        """Complete traces whose root ended over `wait_s` ago; returns how many."""
+        if not self._dangling:
+            return 0
+        now = now_ns if now_ns is not None else self.clock()
+        limit = int(wait_s * 1e9)
+        due = [
+            (tid, trace)
+            for tid, trace in list(self._dangling.items())
+            if now - (trace.root_end_ns or now) >= limit
+        ]
+        for tid, trace in due:
+            self._complete(tid, trace, now)
+        return len(due)
 
     def event(self, span_id: str, name: str, attributes: Any = None) -> bool:
         """Attach an event to an open span; False when the span is not open."""
@@ -192,6 +233,7 @@ class Recorder:
         stale = [sid for sid, rec in list(self._open.items()) if now - rec.start_ns > limit]
         for sid in stale:
             self.end(sid, error="chainwatch: span never ended", end_ns=now)
+        self.close_dangling(now)
         return len(stale)
 
     @property

@@ -284,10 +284,17 @@ class LangChainCallbacks:
 
     def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
         """A model call finished: usage, model, finish reason, outputs."""
+        outputs: Any = None
         try:
             rec = self._rec.get(str(run_id))
             if rec is None:
                 return
+            outputs = [
+                getattr(gen, "message", None) or getattr(gen, "text", None)
+                for group in (getattr(response, "generations", None) or ())
+                for gen in group
+            ]
+            outputs = outputs[0] if len(outputs) == 1 else outputs
             # A streamed call's message is LangChain's merge of its chunks, whose usage is
             # additive by LangChain's contract (a start chunk with the input tokens and a
             # last one with the output tokens, say); the last chunk that carried usage is the
@@ -298,12 +305,11 @@ class LangChainCallbacks:
                 rec.usage_note = "provider returned no token usage"
             rec.model = _usage.llm_result_model(response) or rec.model
             rec.finish_reason = _usage.llm_result_finish_reason(response)
-            outputs = [
-                getattr(gen, "message", None) or getattr(gen, "text", None)
-                for group in (getattr(response, "generations", None) or ())
-                for gen in group
-            ]
-            self._rec.end(rec.span_id, outputs[0] if len(outputs) == 1 else outputs)
+        except Exception as exc:
+            internal_error("langchain.on_llm_end", exc)
+        try:
+            # Ended whatever went wrong above: its trace waits for every span to end.
+            self._rec.end(str(run_id), outputs)
         except Exception as exc:
             internal_error("langchain.on_llm_end", exc)
 
