@@ -389,6 +389,24 @@ def test_an_integer_too_long_for_text_keeps_the_span(
     assert outputs["factorial"] == f"<int of {huge.bit_length():,} bits>"
 
 
+def test_a_matrix_of_embeddings_is_cut_to_its_first_rows(
+    handler: ChainWatchHandler, db_path: Path
+) -> None:
+    """2,000 embeddings of 1,536 floats: the stored value keeps whole leading rows and says
+    how many more there were (without encoding millions of floats only to cut them)."""
+    matrix = [[i + j / 1536 for j in range(1536)] for i in range(2000)]
+    RunnableLambda(lambda q: {"embeddings": matrix}, name="embed").invoke(
+        "q", config={"callbacks": [handler]}
+    )
+    assert handler.flush()
+    [span] = read_spans(db_path)
+    kept = _strict_json(span["outputs"])["embeddings"]
+    assert len(span["outputs"]) <= 32_000 + 100
+    rows = [row for row in kept if isinstance(row, list)]
+    assert rows and rows[0][:3] == matrix[0][:3]
+    assert kept[-1] == f"…{2000 - len(rows)} more items"
+
+
 def _assert_valid_utf8(path: Path) -> list[dict[str, Any]]:
     """Every stored text decodes as strict UTF-8 (sqlite3 raises on invalid bytes)."""
     conn = sqlite3.connect(path)

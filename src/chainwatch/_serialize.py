@@ -62,12 +62,15 @@ def _big_int(value: int) -> str:
 
 
 class _Converter:
-    __slots__ = ("cut", "limit", "seen")
+    __slots__ = ("cut", "left", "limit", "seen")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.seen: set[int] = set()
         self.cut = 0
+        # Values converted at most: a document of `limit` characters holds no more than about
+        # limit / 2 of them, so a 2,000 x 1,536 list of floats stops costing time after that.
+        self.left = max(100, limit // 2)
 
     def text(self, value: str) -> str:
         if len(value) > self.limit:
@@ -75,6 +78,9 @@ class _Converter:
         return truncate_text(repair_text(value), self.limit)
 
     def convert(self, obj: Any, depth: int = 0) -> Any:
+        self.left -= 1
+        if self.left < 0:
+            return "…"
         try:
             return self._value(obj, depth)
         except Exception as exc:
@@ -132,16 +138,20 @@ class _Converter:
         if isinstance(obj, Mapping):
             out: dict[str, Any] = {}
             for i, (key, value) in enumerate(obj.items()):
-                if i >= _MAX_ITEMS:
-                    out["…"] = f"{len(obj) - _MAX_ITEMS} more items"
+                if i >= _MAX_ITEMS or self.left <= 0:
+                    out["…"] = f"{len(obj) - i} more items"
                     break
                 name = key if type(key) is str else str(self._scalar(key))
                 out[repair_text(name)] = self.convert(value, nxt)
             return out
         if isinstance(obj, (list, tuple, set, frozenset)):
-            items = [self.convert(v, nxt) for v in list(obj)[:_MAX_ITEMS]]
-            if len(obj) > _MAX_ITEMS:
-                items.append(f"…{len(obj) - _MAX_ITEMS} more items")
+            items = []
+            for value in list(obj)[:_MAX_ITEMS]:
+                if self.left <= 0:
+                    break
+                items.append(self.convert(value, nxt))
+            if len(obj) > len(items):
+                items.append(f"…{len(obj) - len(items)} more items")
             return items
         shaped = shape(obj)
         if shaped is not _UNSHAPED:
@@ -284,14 +294,41 @@ def _quick_encoder() -> Callable[[Any], str]:
     return encode
 
 
+def _surely_too_long(obj: Any, limit: int) -> bool:
+    """A glance (down the first items, three levels) at whether `obj` has over `limit` values.
+
+    A list of 2,000 embeddings of 1,536 floats would take the C encoder seconds, all under
+    the interpreter lock, to make text that is then cut to `limit` characters anyway.
+    """
+    kind = type(obj)
+    if kind is str:
+        return len(obj) > limit
+    size = 1
+    for _ in range(3):
+        if kind is list or kind is tuple:
+            if not obj:
+                break
+            size *= len(obj)
+            obj = obj[0]
+        elif kind is dict:
+            if not obj:
+                break
+            size *= len(obj)
+            obj = next(iter(obj.values()))
+        else:
+            break
+        kind = type(obj)
+    return size > limit
+
+
 def _fast_json(obj: Any, limit: int) -> str | None:
     """The C encoder, with one level of shaping per framework object; None when not right.
 
     Right means: no NaN, no cycle, no lone surrogate, nothing the shapes do not cover, and
     short enough that nothing needs cutting. Anything else takes the careful path.
     """
-    if type(obj) is str and len(obj) > limit:
-        return None
+    if _surely_too_long(obj, limit):
+        return None  # the C encoder would hold the interpreter for it, only to be cut
     encode = getattr(_local, "encode", None)
     if encode is None:
         encode = _local.encode = _quick_encoder()
