@@ -574,3 +574,42 @@ def test_a_streamed_chain_records_its_real_input(
     assert json.loads(pop_span(spans, "upper")["inputs"]) == {"q": "hello"}
     assert json.loads(pop_span(spans, "shout")["inputs"]) == "HELLO"
     assert spans == []
+
+
+class RawAnthropicUsageModel(BaseChatModel):
+    """Reports only the provider's raw usage (in `llm_output`), Anthropic style."""
+
+    usage: dict[str, int]
+
+    @property
+    def _llm_type(self) -> str:
+        return "raw-usage"
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None,
+                  **kwargs: Any) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content="ok"))],
+                          llm_output={"usage": dict(self.usage)})
+
+
+@pytest.mark.parametrize(
+    ("cache_read", "cache_write", "prompt", "cached"),
+    [(0, 0, 100, None), (0, 5000, 5100, None), (800, 0, 900, 800), (800, 5000, 5900, 800)],
+)
+def test_anthropic_cache_reads_and_writes_are_part_of_the_prompt(
+    handler: ChainWatchHandler,
+    db_path: Path,
+    cache_read: int,
+    cache_write: int,
+    prompt: int,
+    cached: int | None,
+) -> None:
+    usage = {"input_tokens": 100, "output_tokens": 10}
+    if cache_read:
+        usage["cache_read_input_tokens"] = cache_read
+    if cache_write:
+        usage["cache_creation_input_tokens"] = cache_write
+    RawAnthropicUsageModel(usage=usage).invoke("hi", config={"callbacks": [handler]})
+    span = only_span(handler, db_path, name="RawAnthropicUsageModel", status="ok")
+    assert (span["prompt_tokens"], span["completion_tokens"], span["cached_tokens"]) == (
+        prompt, 10, cached
+    )

@@ -407,6 +407,19 @@ def test_a_matrix_of_embeddings_is_cut_to_its_first_rows(
     assert kept[-1] == f"…{2000 - len(rows)} more items"
 
 
+def test_a_value_cut_to_a_preview_stays_within_max_chars(db_path: Path) -> None:
+    """Quotes in the preview are escaped a second time; the stored text still fits."""
+    handler = ChainWatchHandler(db_path, max_chars=1000, hooks=[])
+    keys = {f'say "{i}" \\ ' * 20: i for i in range(200)}
+    RunnableLambda(lambda q: keys, name="quoted").invoke("q", config={"callbacks": [handler]})
+    assert handler.flush()
+    [span] = read_spans(db_path)
+    stored = _strict_json(span["outputs"])
+    assert len(span["outputs"]) <= 1000
+    assert stored["_truncated"] is True and stored["original_chars"] > 1000
+    handler.shutdown()
+
+
 def _assert_valid_utf8(path: Path) -> list[dict[str, Any]]:
     """Every stored text decodes as strict UTF-8 (sqlite3 raises on invalid bytes)."""
     conn = sqlite3.connect(path)

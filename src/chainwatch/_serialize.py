@@ -368,12 +368,21 @@ def to_json(obj: Any, limit: int = DEFAULT_MAX_CHARS) -> str | None:
         value, cut = _convert(obj, smaller)
         text = json.dumps(value, ensure_ascii=False, allow_nan=False)
     if len(text) > limit:
-        text = json.dumps(
-            {
-                "_truncated": True,
-                "original_chars": len(text) + cut,
-                "preview": f"{text[:limit]}…[truncated {len(text) + cut - limit:,} chars]",
-            },
-            ensure_ascii=False,
-        )
+        original = len(text) + cut
+        keep = max(limit - 200, 0)
+        for _ in range(4):
+            # The preview is JSON inside JSON: its quotes and backslashes are escaped again,
+            # so it is shortened until the whole stays within `limit`.
+            wrapped = json.dumps(
+                {
+                    "_truncated": True,
+                    "original_chars": original,
+                    "preview": f"{text[:keep]}…[truncated {original - keep:,} chars]",
+                },
+                ensure_ascii=False,
+            )
+            if len(wrapped) <= limit or keep == 0:
+                break
+            keep = max(keep - (len(wrapped) - limit) - 100, 0)
+        text = wrapped
     return text

@@ -61,8 +61,9 @@ def from_provider_usage(raw: Any, source: str = "provider") -> Usage | None:
             return None
         cache_read = _int(_get(raw, "cache_read_input_tokens"))
         cache_write = _int(_get(raw, "cache_creation_input_tokens")) or 0
-        if prompt is not None and cache_read:
-            prompt = prompt + cache_read + cache_write
+        # Anthropic counts cache reads and writes outside input_tokens; the prompt is all three.
+        if prompt is not None and (cache_read or cache_write):
+            prompt = prompt + (cache_read or 0) + cache_write
         return Usage(prompt, completion, _int(_get(raw, "total_tokens")), cache_read, None, source)
     return Usage(
         prompt_tokens=prompt,
