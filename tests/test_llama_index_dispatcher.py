@@ -30,9 +30,10 @@ from llama_index.core.llms import (
 )
 from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.postprocessor import SimilarityPostprocessor
+from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools import FunctionTool
 from llama_index.llms.openai import OpenAI
-from pydantic import PrivateAttr
+from pydantic import BaseModel, PrivateAttr
 
 import chainwatch
 from chainwatch import ChainWatchHandler
@@ -769,3 +770,40 @@ def test_faults_in_every_handler_method_leave_results_unchanged(
     assert sources(response) == sources(async_response) == sources(baseline)
     assert chunk_view(chunks) == chunk_view(baseline_chunks)
     assert excinfo.value is llm._error
+
+
+class City(BaseModel):
+    name: str
+
+
+@pytest.mark.parametrize("paths", ["dispatcher", "both"])
+def test_structured_predict_counts_its_call_and_ends(
+    handler: ChainWatchHandler, db_path: Path, fake_openai: FakeOpenAI, paths: str
+) -> None:
+    """`structured_predict` goes through `predict_and_call` (for a model without JSON-schema
+    output), whose `AgentChatResponse` has a `response_gen` property: it is not a stream, and
+    its model call counts once."""
+    openai_llm = OpenAI(model="gpt-3.5-turbo", api_base=fake_openai.base_url,
+                        api_key="sk-fake", max_retries=0)
+    if paths == "both":
+        Settings.callback_manager = CallbackManager([handler])
+        openai_llm.callback_manager = Settings.callback_manager
+    chainwatch.instrument_llama_index(handler)
+    fake_openai.queue(
+        Reply(tool_calls=[{"name": "City", "arguments": {"name": "Paris"}}],
+              prompt_tokens=30, completion_tokens=10)
+    )
+    before = len(fake_openai.responses)
+    city = openai_llm.structured_predict(City, PromptTemplate("capital of {c}?"), c="France")
+    assert city == City(name="Paris")
+    spans = spans_of(handler, db_path)
+    assert handler.stats["open_spans"] == 0
+    assert [s["name"] for s in spans if s["status"] != "ok"] == []
+    [sent] = fake_openai.responses[before:]
+    counted = [s for s in spans if s["kind"] == "llm" and s["counts_usage"]]
+    assert sum(s["total_tokens"] or 0 for s in counted) == sent["usage"]["total_tokens"]
+    [trace] = chainwatch.traces(db=db_path)
+    assert trace["total_tokens"] == sent["usage"]["total_tokens"]
+    price = calc_price(PriceUsage(input_tokens=30, output_tokens=10), "gpt-3.5-turbo",
+                       provider_id="openai")
+    assert trace["cost_usd"] == pytest.approx(float(price.total_price))

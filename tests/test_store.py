@@ -308,7 +308,7 @@ def _nested_llm_trace(db_path: Path) -> tuple[ChainWatchHandler, str]:
     llm("inner", "outer", "priced-model", Usage(100, 20))  # the same call seen twice
     clock.now += MS
     rec.start("post", "outer", "post", "chain", "manual")
-    llm("deep", "post", "priced-model", Usage(50, 5))  # still inside the outer model span
+    llm("deep", "post", "priced-model", Usage(50, 5))  # a call of its own, under a chain
     for sid in ("deep", "post", "inner", "outer"):
         clock.now += MS
         rec.end(sid, "out")
@@ -328,7 +328,7 @@ def test_totals_count_each_model_call_once(db_path: Path) -> None:
     handler, trace_id = _nested_llm_trace(db_path)
     spans = {s["span_id"]: s for s in read_spans(db_path)}
     assert {k: v["counts_usage"] for k, v in spans.items()} == {
-        "root": 1, "outer": 1, "inner": 0, "post": 0, "deep": 0, "unknown": 1, "failed": 1
+        "root": 1, "outer": 1, "inner": 0, "post": 0, "deep": 1, "unknown": 1, "failed": 1
     }
     assert spans["outer"]["cost_usd"] == pytest.approx((100 * 1.0 + 20 * 2.0) / 1e6)
     assert spans["inner"]["cost_usd"] is None
@@ -342,10 +342,10 @@ def test_totals_count_each_model_call_once(db_path: Path) -> None:
         "span_count": 7,
         "llm_calls": 5,
         "error_spans": 1,
-        "prompt_tokens": 107,
-        "completion_tokens": 23,
-        "total_tokens": 130,
-        "cost_usd": pytest.approx(140 / 1e6),
+        "prompt_tokens": 157,
+        "completion_tokens": 28,
+        "total_tokens": 185,
+        "cost_usd": pytest.approx(200 / 1e6),
         # the failed call has no cost because it failed, not for want of a price
         "unpriced_calls": 1,
     }
@@ -360,9 +360,9 @@ def test_totals_count_each_model_call_once(db_path: Path) -> None:
     totals = chainwatch.trace(trace_id, db=db_path).totals()
     assert totals["spans"] == 7
     assert totals["llm_calls"] == 5
-    assert totals["prompt_tokens"] == 107
-    assert totals["completion_tokens"] == 23
-    assert totals["cost_usd"] == pytest.approx(140 / 1e6)
+    assert totals["prompt_tokens"] == 157
+    assert totals["completion_tokens"] == 28
+    assert totals["cost_usd"] == pytest.approx(200 / 1e6)
     handler.shutdown()
 
 

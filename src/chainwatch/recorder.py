@@ -108,7 +108,10 @@ class Recorder:
                 rec.user_id = parent.user_id
             if session_id is None:
                 rec.session_id = parent.session_id
-            if parent.kind == _LLM or not parent.counts_usage:
+            if parent.kind == _LLM:
+                # A model call inside a model call (a legacy LlamaIndex event inside its
+                # dispatcher span, `chat` inside `predict_and_call`): the outer one has the
+                # usage. Below a chain or tool in between (a tool's own query), calls count.
                 rec.counts_usage = False
         self._open[span_id] = rec
         self._trace_of[span_id] = trace_id

@@ -120,10 +120,16 @@ def _has_tool_call(response: Any) -> bool:
     return any(type(b).__name__ == "ToolCallBlock" for b in getattr(message, "blocks", ()) or ())
 
 
+_STREAM_TYPES = frozenset({"StreamingResponse", "AsyncStreamingResponse",
+                           "StreamingAgentChatResponse"})
+
+
 def _is_stream(result: Any) -> bool:
+    """A result the user reads later. By type: `AgentChatResponse` (what `predict_and_call`
+    returns) has a `response_gen` property too, which raises unless it is a dummy stream."""
     if inspect.isgenerator(result) or inspect.isasyncgen(result):
         return True
-    return hasattr(result, "response_gen") or hasattr(result, "async_response_gen")
+    return any(cls.__name__ in _STREAM_TYPES for cls in type(result).__mro__)
 
 
 class _Bridge:

@@ -50,8 +50,8 @@ DOCS: dict[str, dict[str, str]] = {
         "session_id": "Session (handler argument, `session_id` or `thread_id` metadata).",
         "usage_note": "Why token counts are NULL.",
         "cost_note": "Why cost_usd is NULL (no usage, unknown model).",
-        "counts_usage": "1 when this span's tokens and cost count in totals; 0 for a model "
-        "call nested in another model span.",
+        "counts_usage": "1 when this span's tokens and cost count in totals; 0 directly "
+        "inside a model span (the same call seen twice, or `chat` inside `predict_and_call`).",
     },
     "span_events": {
         "": "Things that happened inside a span: first_token, retry, agent_action, "
