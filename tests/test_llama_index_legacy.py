@@ -352,6 +352,22 @@ def test_failing_llm_in_a_query_marks_the_trace_failed(
     assert root["error"] == "Boom: model exploded"
 
 
+def test_a_query_inside_the_apps_except_block_is_not_its_error(
+    legacy: ChainWatchHandler, db_path: Path
+) -> None:
+    """A fallback query run while the app handles its own exception succeeds: status ok."""
+    engine = build_index().as_query_engine(similarity_top_k=1)
+    try:
+        raise KeyError("the app's own, already handled")
+    except KeyError:
+        answer = engine.query("What is the capital of France?")
+    assert str(answer)
+    spans = trace_named(spans_of(legacy, db_path), "query")
+    assert [(s["name"], s["status"]) for s in spans if s["status"] != "ok"] == []
+    [row] = [t for t in chainwatch.traces(db=db_path) if t["name"] == "query"]
+    assert row["status"] == "ok" and row["error"] is None
+
+
 def test_failing_retriever_marks_the_trace_failed(legacy: ChainWatchHandler, db_path: Path) -> None:
     error = Boom("retriever exploded")
     engine = RetrieverQueryEngine.from_args(FailingRetriever(error))

@@ -145,7 +145,13 @@ class LlamaIndexCallbacks:
                 return
             span_id = f"{trace_id or 'trace'}-{uuid.uuid4()}"
             parent = active_dispatcher_span(self._rec) or active_langchain_run(self._rec)
-            self._li_start(span_id, parent, trace_id or "llama_index", "chain", None)
+            root = self._li_start(span_id, parent, trace_id or "llama_index", "chain", None)
+            handled = sys.exc_info()[1]
+            if handled is not None:
+                # Called inside the app's own `except` block: that exception is not this
+                # trace's, whatever `sys.exc_info()` says at its end.
+                root.extra = root.extra or {}
+                root.extra["handled_before"] = handled
             _set_legacy_root(self._rec, span_id)
         except Exception as exc:
             internal_error("llama_index.start_trace", exc)
@@ -166,8 +172,12 @@ class LlamaIndexCallbacks:
                 return
             failure = rec.extra.get("trace_error") if rec.extra else None
             if failure is None:
-                # end_trace runs in as_trace's `finally`: an exception leaving the trace is here
+                # end_trace runs in as_trace's `finally`: an exception leaving the trace is
+                # here (a cancellation, which sends no exception event), unless it is one the
+                # app was already handling when the trace began.
                 failure = sys.exc_info()[1]
+                if failure is not None and rec.extra and failure is rec.extra.get("handled_before"):
+                    failure = None
             streaming = [s for s in self._rec.open_in_trace(span_id) if s.kind == "llm"]
             if streaming and failure is None:
                 # A streamed answer is still being read: the trace ends when its model call does.

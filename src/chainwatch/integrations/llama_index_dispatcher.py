@@ -125,8 +125,11 @@ _STREAM_TYPES = frozenset({"StreamingResponse", "AsyncStreamingResponse",
 
 
 def _is_stream(result: Any) -> bool:
-    """A result the user reads later. By type: `AgentChatResponse` (what `predict_and_call`
-    returns) has a `response_gen` property too, which raises unless it is a dummy stream."""
+    """Whether `result` is a stream the user reads later, told by its type.
+
+    `AgentChatResponse` (what `predict_and_call` returns) has a `response_gen` property
+    too, which raises unless it is a dummy stream.
+    """
     if inspect.isgenerator(result) or inspect.isasyncgen(result):
         return True
     return any(cls.__name__ in _STREAM_TYPES for cls in type(result).__mro__)
