@@ -807,3 +807,17 @@ def test_structured_predict_counts_its_call_and_ends(
     price = calc_price(PriceUsage(input_tokens=30, output_tokens=10), "gpt-3.5-turbo",
                        provider_id="openai")
     assert trace["cost_usd"] == pytest.approx(float(price.total_price))
+
+
+def test_a_stream_the_reader_abandons_is_not_a_failed_call(
+    instrumented: ChainWatchHandler, db_path: Path, fake_openai: FakeOpenAI, openai_llm: OpenAI
+) -> None:
+    fake_openai.queue(Reply(content="one two three four"))
+    stream = openai_llm.stream_chat([ChatMessage(role="user", content="count")])
+    next(stream)  # the role chunk
+    assert next(stream).delta
+    stream.close()  # what a `break` out of the loop, or a client that went away, comes to
+    spans = [s for s in spans_of(instrumented, db_path) if s["kind"] == "llm"]
+    assert spans and instrumented.stats["open_spans"] == 0
+    assert [(s["status"], s["error"]) for s in spans] == [("ok", None)] * len(spans)
+    assert all(json.loads(s["metadata"]).get("stream_abandoned") for s in spans)

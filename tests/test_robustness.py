@@ -607,6 +607,29 @@ def test_state_is_dropped_when_traces_end(handler: ChainWatchHandler, db_path: P
     assert len(chainwatch.traces(db=db_path, status="error", limit=None)) == 50
 
 
+def test_a_stream_nobody_reads_ends_ok_after_a_quarter_hour(db_path: Path) -> None:
+    """A stream handed back to the app and never read: its span ends, without an error."""
+    clock_ns = [time.time_ns() - 3_600 * 1_000 * MS]
+    handler = ChainWatchHandler(db_path, clock=lambda: clock_ns[0], hooks=[])
+    rec = handler.recorder
+    t0 = clock_ns[0]
+    for sid in ("read", "unread"):
+        span = rec.start(sid, None, sid, "llm", "manual")
+        span.extra = {"stream_pending": True}
+    rec.sweep(now_ns=t0 + 14 * 60_000 * MS)
+    assert handler.stats["open_spans"] == 2, "not yet: a slow reader is still reading"
+    clock_ns[0] = t0 + 15 * 60_000 * MS
+    rec.end("read", "all of it")
+    rec.sweep(now_ns=t0 + 16 * 60_000 * MS)
+    assert handler.stats["open_spans"] == 0 and handler.stats["open_traces"] == 0
+    assert handler.flush()
+    spans = {s["span_id"]: s for s in read_spans(db_path)}
+    assert spans["unread"]["status"] == "ok" and spans["unread"]["error"] is None
+    assert json.loads(spans["unread"]["metadata"]) == {"stream_unread": True}
+    assert "stream_unread" not in json.loads(spans["read"]["metadata"])
+    handler.shutdown()
+
+
 def test_sweep_closes_spans_that_never_end(db_path: Path) -> None:
     clock_ns = [time.time_ns() - 3_600 * 1_000 * MS]
     handler = ChainWatchHandler(db_path, clock=lambda: clock_ns[0], max_open_s=60)

@@ -19,6 +19,8 @@ _LLM = SpanKind.LLM.value
 # How long a trace whose root has ended waits for runs still open in it before they are
 # closed as never ended (a sweep or a flush checks).
 _DANGLING_S = 30.0
+# A framework's stream span (flagged `stream_pending`) that nobody reads ends after this.
+_UNREAD_STREAM_S = 900.0
 _DANGLING_ERROR = "chainwatch: span did not end within 30 s of its trace's root"
 
 
@@ -233,9 +235,22 @@ class Recorder:
         """Close spans open longer than `max_open_s`; returns how many were closed."""
         now = now_ns if now_ns is not None else self.clock()
         limit = self.max_open_ns
-        stale = [sid for sid, rec in list(self._open.items()) if now - rec.start_ns > limit]
+        unread = int(_UNREAD_STREAM_S * 1e9)
+        stale = []
+        for sid, rec in list(self._open.items()):
+            if now - rec.start_ns > limit:
+                stale.append(sid)
+            elif rec.extra and rec.extra.get("stream_pending") and now - rec.start_ns > unread:
+                # A stream returned to the app and never read to its end (a client that went
+                # away): the call itself did not fail, and its span must not wait for hours.
+                rec.metadata = {**(rec.metadata or {}), "stream_unread": True}
+                stale.append(sid)
         for sid in stale:
-            self.end(sid, error="chainwatch: span never ended", end_ns=now)
+            left = self._open.get(sid)
+            if left is not None and left.metadata and left.metadata.get("stream_unread"):
+                self.end(sid, end_ns=now)
+            else:
+                self.end(sid, error="chainwatch: span never ended", end_ns=now)
         self.close_dangling(now)
         return len(stale)
 

@@ -221,11 +221,20 @@ class _Bridge:
             self.rec.event(event.span_id, "tool_call", attributes) if event.span_id else None
 
     def _close_pending(self, span_id: str | None, error: BaseException | None) -> None:
-        """A stream failed part-way: end its waiting spans, innermost first, with the error."""
+        """A stream failed part-way: end its waiting spans, innermost first, with the error.
+
+        `GeneratorExit` is the reader stopping early (a `break`, a client gone): not a
+        failure of the call, so the spans end ok, marked as abandoned.
+        """
+        abandoned = isinstance(error, GeneratorExit)
         current = self.rec.get(span_id) if span_id else None
         while current is not None and current.extra and current.extra.get("stream_pending"):
             parent_id = current.parent_id
-            self.rec.end(current.span_id, error=error or RuntimeError("stream failed"))
+            if abandoned:
+                current.metadata = {**(current.metadata or {}), "stream_abandoned": True}
+                self.rec.end(current.span_id)
+            else:
+                self.rec.end(current.span_id, error=error or RuntimeError("stream failed"))
             current = self.rec.get(parent_id) if parent_id else None
 
     def _model_end(self, event: Any) -> None:
