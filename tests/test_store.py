@@ -340,7 +340,7 @@ def test_totals_count_each_model_call_once(db_path: Path) -> None:
         "name": "agent",
         "status": "ok",
         "span_count": 7,
-        "llm_calls": 5,
+        "llm_calls": 4,  # "inner" is "outer" seen twice
         "error_spans": 1,
         "prompt_tokens": 157,
         "completion_tokens": 28,
@@ -359,7 +359,7 @@ def test_totals_count_each_model_call_once(db_path: Path) -> None:
 
     totals = chainwatch.trace(trace_id, db=db_path).totals()
     assert totals["spans"] == 7
-    assert totals["llm_calls"] == 5
+    assert totals["llm_calls"] == 4
     assert totals["prompt_tokens"] == 157
     assert totals["completion_tokens"] == 28
     assert totals["cost_usd"] == pytest.approx(200 / 1e6)

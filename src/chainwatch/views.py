@@ -79,7 +79,7 @@ class Trace:
         costs = [s.cost_usd for s in counted if s.cost_usd is not None]
         return {
             "spans": len(self.spans),
-            "llm_calls": sum(1 for s in self.spans if s.kind == "llm"),
+            "llm_calls": sum(1 for s in self.spans if s.kind == "llm" and s.counts_usage),
             "prompt_tokens": sum(prompt) if prompt else None,
             "completion_tokens": sum(completion) if completion else None,
             "cost_usd": sum(costs) if costs else None,

@@ -113,6 +113,7 @@ def m002_traces_view(db: Database) -> None:
     )
 
 
+
 def apply(db: Database) -> None:
     """Bring `db` up to the newest schema."""
     migrations.apply(db)
@@ -318,3 +319,18 @@ def m007_covering_read_indexes(db: Database) -> None:
         "CREATE INDEX IF NOT EXISTS idx_spans_llm_end ON spans (end_time) WHERE kind = 'llm'"
     )
     db.execute("DROP INDEX IF EXISTS idx_spans_kind_end_time")
+
+
+@migrations()
+def m008_traces_count_each_model_call_once(db: Database) -> None:
+    """`traces.llm_calls` counts model calls as the totals do: each call once.
+
+    A call seen by both LlamaIndex paths, or `chat` inside `predict_and_call`, is one call.
+    """
+    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'view' AND name = 'traces'")
+    found = row.fetchone()
+    old = "SUM(s.kind = 'llm') AS llm_calls"
+    if found is None or old not in found[0]:
+        return
+    db.execute("DROP VIEW traces")
+    db.execute(found[0].replace(old, "SUM(s.kind = 'llm' AND s.counts_usage) AS llm_calls"))

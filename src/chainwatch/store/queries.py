@@ -146,7 +146,7 @@ def trace_rows(
         SELECT r.trace_id, r.name, r.kind, r.framework, r.status, r.error,
             r.start_time, r.end_time, r.duration_ms,
             COUNT(s.span_id) AS span_count,
-            SUM(s.kind = 'llm') AS llm_calls,
+            SUM(s.kind = 'llm' AND s.counts_usage) AS llm_calls,
             SUM(s.status = 'error') AS error_spans,
             SUM(CASE WHEN s.counts_usage THEN s.prompt_tokens END) AS prompt_tokens,
             SUM(CASE WHEN s.counts_usage THEN s.completion_tokens END) AS completion_tokens,

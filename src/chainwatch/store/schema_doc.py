@@ -179,7 +179,7 @@ DOCS: dict[str, dict[str, str]] = {
         "": "View: one row per trace, totals counting each model call once.",
         "status": "The root's status, or incomplete while the root has not ended.",
         "span_count": "Spans in the trace.",
-        "llm_calls": "Model spans in the trace.",
+        "llm_calls": "Model calls in the trace, each counted once (`counts_usage = 1`).",
         "error_spans": "Spans that ended with an error.",
         "unpriced_calls": "Counted model calls that succeeded but whose cost is unknown.",
     },
