@@ -21,7 +21,7 @@ _LLM = SpanKind.LLM.value
 _DANGLING_S = 30.0
 # A framework's stream span (flagged `stream_pending`) that nobody reads ends after this.
 _UNREAD_STREAM_S = 900.0
-_DANGLING_ERROR = "chainwatch: span did not end within 30 s of its trace's root"
+_DANGLING_ERROR = f"chainwatch: span did not end within {_DANGLING_S:g} s of its trace's root"
 
 
 class _Trace:
@@ -235,22 +235,21 @@ class Recorder:
         """Close spans open longer than `max_open_s`; returns how many were closed."""
         now = now_ns if now_ns is not None else self.clock()
         limit = self.max_open_ns
-        unread = int(_UNREAD_STREAM_S * 1e9)
-        stale = []
+        unread_ns = int(_UNREAD_STREAM_S * 1e9)
+        stale: list[str] = []
+        unread: list[SpanRecord] = []
         for sid, rec in list(self._open.items()):
             if now - rec.start_ns > limit:
                 stale.append(sid)
-            elif rec.extra and rec.extra.get("stream_pending") and now - rec.start_ns > unread:
-                # A stream returned to the app and never read to its end (a client that went
-                # away): the call itself did not fail, and its span must not wait for hours.
-                rec.metadata = {**(rec.metadata or {}), "stream_unread": True}
-                stale.append(sid)
+            elif rec.extra and rec.extra.get("stream_pending") and now - rec.start_ns > unread_ns:
+                unread.append(rec)
         for sid in stale:
-            left = self._open.get(sid)
-            if left is not None and left.metadata and left.metadata.get("stream_unread"):
-                self.end(sid, end_ns=now)
-            else:
-                self.end(sid, error="chainwatch: span never ended", end_ns=now)
+            self.end(sid, error="chainwatch: span never ended", end_ns=now)
+        for rec in unread:
+            # A stream returned to the app and never read to its end (a client that went
+            # away): the call itself did not fail, and its span must not wait for hours.
+            rec.metadata = {**(rec.metadata or {}), "stream_unread": True}
+            self.end(rec.span_id, end_ns=now)
         self.close_dangling(now)
         return len(stale)
 

@@ -11,29 +11,15 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from .. import usage as _usage
 from .._errors import internal_error
 from ..recorder import Recorder
 from ..spans import SpanRecord
 from . import llama_index as _li
+from .langchain_models import LangChainModelCallbacks, run_name
 
 FRAMEWORK = "langchain"
 _CHAIN_RUN_TYPES = {"prompt": "prompt", "parser": "parser"}
 _CONTROL_FLOW = frozenset({"GraphBubbleUp"})
-
-
-def _name(serialized: Any, kwargs: dict[str, Any], default: str) -> str:
-    name = kwargs.get("name")
-    if name:
-        return str(name)
-    if serialized:
-        name = serialized.get("name")
-        if name:
-            return str(name)
-        ids = serialized.get("id")
-        if ids:
-            return str(ids[-1])
-    return default
 
 
 def is_control_flow(error: BaseException) -> bool:
@@ -41,8 +27,12 @@ def is_control_flow(error: BaseException) -> bool:
     return any(cls.__name__ in _CONTROL_FLOW for cls in type(error).__mro__)
 
 
-class LangChainCallbacks:
-    """The LangChain half of `ChainWatchHandler` (duck-typed `BaseCallbackHandler`)."""
+class LangChainCallbacks(LangChainModelCallbacks):
+    """The LangChain half of `ChainWatchHandler` (duck-typed `BaseCallbackHandler`).
+
+    Chains, retrievers, tools, agents and events are here; model calls in
+    `LangChainModelCallbacks`.
+    """
 
     # LangChain reads these off every handler.
     raise_error = False
@@ -57,7 +47,6 @@ class LangChainCallbacks:
     ignore_custom_event = False
 
     _rec: Recorder
-    _streaming: tuple[UUID, SpanRecord] | None = None
     _tags: list[str]
     _metadata: dict[str, Any] | None
     _user_id: str | None
@@ -162,7 +151,7 @@ class LangChainCallbacks:
         """A chain, prompt or parser run started."""
         try:
             kind = _CHAIN_RUN_TYPES.get(kwargs.get("run_type") or "", "chain")
-            name = _name(serialized, kwargs, "chain")
+            name = run_name(serialized, kwargs, "chain")
             self._lc_start(run_id, parent_run_id, name, kind, inputs, tags, metadata)
         except Exception as exc:
             internal_error("langchain.on_chain_start", exc)
@@ -185,147 +174,6 @@ class LangChainCallbacks:
         except Exception as exc:
             internal_error("langchain.on_chain_error", exc)
 
-    # -- models ---------------------------------------------------------------------------------
-
-    def _lc_model_start(
-        self,
-        serialized: dict[str, Any] | None,
-        inputs: Any,
-        run_id: UUID,
-        parent_run_id: UUID | None,
-        tags: list[str] | None,
-        metadata: dict[str, Any] | None,
-        kwargs: dict[str, Any],
-    ) -> None:
-        params = kwargs.get("invocation_params")
-        model, provider = _usage.requested_model(metadata, params)
-        if params:
-            metadata = {**metadata, "invocation_params": params} if metadata else {
-                "invocation_params": params
-            }
-        name = _name(serialized, kwargs, "llm")
-        rec = self._lc_start(run_id, parent_run_id, name, "llm", inputs, tags, metadata)
-        rec.model = model
-        rec.provider = provider
-
-    def on_chat_model_start(
-        self,
-        serialized: dict[str, Any] | None,
-        messages: list[list[Any]],
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """A chat model call started."""
-        try:
-            inputs = messages[0] if len(messages) == 1 else messages
-            self._lc_model_start(
-                serialized, inputs, run_id, parent_run_id, tags, metadata, kwargs
-            )
-        except Exception as exc:
-            internal_error("langchain.on_chat_model_start", exc)
-
-    def on_llm_start(
-        self,
-        serialized: dict[str, Any] | None,
-        prompts: list[str],
-        *,
-        run_id: UUID,
-        parent_run_id: UUID | None = None,
-        tags: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """A completion model call started."""
-        try:
-            inputs = prompts[0] if len(prompts) == 1 else prompts
-            self._lc_model_start(
-                serialized, inputs, run_id, parent_run_id, tags, metadata, kwargs
-            )
-        except Exception as exc:
-            internal_error("langchain.on_llm_start", exc)
-
-    def on_llm_new_token(
-        self, token: Any, *, chunk: Any = None, run_id: UUID, **kwargs: Any
-    ) -> None:
-        """A streamed chunk arrived: time to first token, and the stream's usage."""
-        try:
-            # A stream's chunks arrive one after another with the same run id object: skip
-            # turning it into a string and looking it up again while that span is open.
-            last = self._streaming
-            rec: SpanRecord | None
-            if last is not None and last[0] is run_id and last[1].end_ns is None:
-                rec = last[1]
-            else:
-                rec = self._rec.get(str(run_id))
-                if rec is None:
-                    return
-                self._streaming = (run_id, rec)
-            if rec.ttft_ns is None and (
-                token or getattr(getattr(chunk, "message", None), "tool_call_chunks", None)
-            ):
-                now = self._rec.clock()
-                rec.ttft_ns = now - rec.start_ns
-                rec.add_event("first_token", now)
-            # Most chunks carry no usage: test for it before building anything.
-            meta = getattr(getattr(chunk, "message", None), "usage_metadata", None)
-            if meta:
-                stream_usage = _usage.from_usage_metadata(meta, "stream_chunk")
-                if stream_usage is not None:
-                    # The last usage chunk wins: providers that repeat running totals must
-                    # not be summed.
-                    rec.extra = rec.extra or {}
-                    rec.extra["stream_usage"] = stream_usage
-        except Exception as exc:
-            internal_error("langchain.on_llm_new_token", exc)
-
-    def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        """A model call finished: usage, model, finish reason, outputs."""
-        outputs: Any = None
-        try:
-            rec = self._rec.get(str(run_id))
-            if rec is None:
-                return
-            outputs = [
-                getattr(gen, "message", None) or getattr(gen, "text", None)
-                for group in (getattr(response, "generations", None) or ())
-                for gen in group
-            ]
-            outputs = outputs[0] if len(outputs) == 1 else outputs
-            # A streamed call's message is LangChain's merge of its chunks, whose usage is
-            # additive by LangChain's contract (a start chunk with the input tokens and a
-            # last one with the output tokens, say); the last chunk that carried usage is the
-            # fallback for a result without it.
-            stream_usage = rec.extra.get("stream_usage") if rec.extra else None
-            rec.usage = _usage.llm_result_usage(response) or stream_usage
-            if rec.usage is None:
-                rec.usage_note = "provider returned no token usage"
-            rec.model = _usage.llm_result_model(response) or rec.model
-            rec.finish_reason = _usage.llm_result_finish_reason(response)
-        except Exception as exc:
-            internal_error("langchain.on_llm_end", exc)
-        try:
-            # Ended whatever went wrong above: its trace waits for every span to end.
-            self._rec.end(str(run_id), outputs)
-        except Exception as exc:
-            internal_error("langchain.on_llm_end", exc)
-
-    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        """A model call raised."""
-        try:
-            rec = self._rec.get(str(run_id))
-            if rec is not None:
-                rec.usage_note = "call failed before reporting usage"
-            self._rec.end(str(run_id), error=error)
-        except Exception as exc:
-            internal_error("langchain.on_llm_error", exc)
-
-    def on_stream_event(self, event: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        """Protocol events of `stream_events(version="v3")`; tokens come via on_llm_new_token."""
-
     # -- retrievers and tools -------------------------------------------------------------------
 
     def on_retriever_start(
@@ -341,7 +189,7 @@ class LangChainCallbacks:
     ) -> None:
         """A retriever run started."""
         try:
-            name = _name(serialized, kwargs, "retriever")
+            name = run_name(serialized, kwargs, "retriever")
             inputs = {"query": query}
             self._lc_start(run_id, parent_run_id, name, "retriever", inputs, tags, metadata)
         except Exception as exc:
@@ -375,7 +223,7 @@ class LangChainCallbacks:
     ) -> None:
         """A tool run started."""
         try:
-            name = _name(serialized, kwargs, "tool")
+            name = run_name(serialized, kwargs, "tool")
             value = inputs if inputs is not None else input_str
             self._lc_start(run_id, parent_run_id, name, "tool", value, tags, metadata)
         except Exception as exc:

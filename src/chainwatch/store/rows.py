@@ -143,7 +143,6 @@ def span_row(
             cost, cost_note = pricing.cost_of(usage, rec.model, rec.provider, settings.prices)
         except Exception as exc:  # a price that cannot be computed costs the cost, not the span
             cost, cost_note = None, f"price lookup failed: {type(exc).__name__}"
-
         if cost is None and rec.status != "ok" and usage is None:
             cost_note = "call failed before reporting usage"
     end_ns = rec.end_ns if rec.end_ns is not None else rec.start_ns
